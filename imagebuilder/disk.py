@@ -1,0 +1,263 @@
+"""Build GPT disk images with the CoreOS layout (DESIGN §4), without root, loop devices or mounts.
+
+Pieces meant for reuse by later builds (payloads, platform artifacts):
+
+* :func:`make_ext_image` / :func:`make_usr_image` — an ext2/ext4 filesystem image from a directory.
+* :func:`make_vfat_image` — the EFI system partition.
+* :func:`assemble_disk` — lay partition images out on a sparse disk file and write the GPT
+  (with the one GPT writer, :mod:`agent.disk`).
+* :func:`build_disk` — the whole default disk for a version.
+
+Reproducible: the same inputs and ``SOURCE_DATE_EPOCH`` give byte-identical images (GUIDs and
+filesystem UUIDs are derived from the inputs, mkfs runs with fixed UUIDs, hash seeds and
+``E2FSPROGS_FAKE_TIME``, staged files get fixed mtimes).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent import disk as gpt
+
+MIB = 1024 * 1024
+ALIGN = MIB
+DEFAULT_EPOCH = 1704067200          # 2024-01-01T00:00:00Z, used when SOURCE_DATE_EPOCH is unset
+DEFAULT_DISK_MIB = 100
+DEFAULT_USR_MIB = 32
+EFI_MIB = 8
+BIOS_MIB = 1
+OEM_MIB = 8
+OEM_CONFIG_MIB = 1
+BOARD = "amd64-usr"
+APPID = "{e96281a6-d1af-4bde-9a0a-97b76e56dc57}"
+GUID_NAMESPACE = uuid.UUID("6b1f6f3e-4a59-5c1e-9d0e-f1ee7febd15c")
+
+TOOLS = {
+    "mkfs.ext2": "e2fsprogs", "mkfs.ext4": "e2fsprogs", "debugfs": "e2fsprogs",
+    "mkfs.vfat": "dosfstools", "mcopy": "mtools", "sfdisk": "fdisk",
+}
+
+
+class BuildError(Exception):
+    """A build step failed; the message says what to fix."""
+
+
+def find_tool(name: str) -> str:
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(p, os.X_OK)), None)
+    if path is None:
+        pkg = TOOLS.get(name, name)
+        raise BuildError(f"{name} not found: install the Debian package '{pkg}' (apt-get install {pkg})")
+    return path
+
+
+def source_date_epoch() -> int:
+    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not value:
+        return DEFAULT_EPOCH
+    try:
+        return int(value)
+    except ValueError:
+        raise BuildError(f"SOURCE_DATE_EPOCH={value!r} is not an integer") from None
+
+
+def derive_guid(*parts: object) -> str:
+    """A deterministic GUID from the build inputs."""
+    return str(uuid.uuid5(GUID_NAMESPACE, "\x1f".join(str(p) for p in parts)))
+
+
+def _run(cmd: list[str], env: dict | None = None) -> None:
+    res = subprocess.run(cmd, capture_output=True, env={**os.environ, **(env or {})}, check=False)
+    if res.returncode != 0:
+        err = (res.stderr or res.stdout).decode(errors="replace").strip().splitlines()
+        raise BuildError(f"{os.path.basename(cmd[0])} failed: {err[-1] if err else 'exit ' + str(res.returncode)}")
+
+
+def _sparse_file(path: Path, size: int) -> None:
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+
+
+def normalize_tree(root: Path, epoch: int) -> None:
+    """Give every staged file and directory the same mtime/atime (deepest first)."""
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames + dirnames:
+            os.utime(os.path.join(dirpath, name), (epoch, epoch), follow_symlinks=False)
+    os.utime(root, (epoch, epoch))
+
+
+def stage_tree(src: Path | None, dst: Path, epoch: int) -> Path:
+    """Copy ``src`` (may be None) into ``dst`` keeping symlinks; mtimes are normalised later."""
+    if src is not None:
+        shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+    else:
+        dst.mkdir(parents=True, exist_ok=True)
+    return dst
+
+
+def make_ext_image(src_dir: str | os.PathLike | None, output: str | os.PathLike, size_bytes: int, *,
+                   label: str, fs_type: str = "ext4", seed: str = "", epoch: int | None = None) -> Path:
+    """An ext2/3/4 image of ``size_bytes`` holding a copy of ``src_dir`` (``mkfs -d``), reproducibly."""
+    if fs_type not in ("ext2", "ext3", "ext4"):
+        raise BuildError(f"unsupported filesystem type {fs_type!r}")
+    mkfs = find_tool(f"mkfs.{fs_type}")
+    epoch = source_date_epoch() if epoch is None else epoch
+    output = Path(output)
+    with tempfile.TemporaryDirectory(prefix="imagebuilder-stage-") as tmp:
+        staging = stage_tree(Path(src_dir) if src_dir else None, Path(tmp) / "root", epoch)
+        normalize_tree(staging, epoch)
+        _sparse_file(output, size_bytes)
+        fs_uuid = derive_guid("fs", label, seed)
+        hash_seed = derive_guid("hash", label, seed)
+        _run([mkfs, "-q", "-F", "-L", label, "-U", fs_uuid, "-E", f"hash_seed={hash_seed},root_owner=0:0",
+              "-d", str(staging), str(output)],
+             env={"E2FSPROGS_FAKE_TIME": str(epoch), "SOURCE_DATE_EPOCH": str(epoch)})
+    return output
+
+
+def release_text(version: str, board: str = BOARD, appid: str = APPID) -> str:
+    return (f"COREOS_RELEASE_VERSION={version}\nCOREOS_RELEASE_BOARD={board}\n"
+            f"COREOS_RELEASE_APPID={appid}\n")
+
+
+def make_usr_image(rootfs: str | os.PathLike | None, output: str | os.PathLike, size_bytes: int, *,
+                   version: str, label: str = "USR-A", board: str = BOARD, epoch: int | None = None) -> Path:
+    """The /usr filesystem (ext2) from a rootfs /usr tree, with ``/share/coreos/release`` for ``version``."""
+    with tempfile.TemporaryDirectory(prefix="imagebuilder-usr-") as tmp:
+        stage = stage_tree(Path(rootfs) if rootfs else None, Path(tmp) / "usr", 0)
+        release = stage / "share" / "coreos" / "release"
+        release.parent.mkdir(parents=True, exist_ok=True)
+        release.write_text(release_text(version, board))
+        return make_ext_image(stage, output, size_bytes, label=label, fs_type="ext2",
+                              seed=f"usr|{version}|{label}", epoch=epoch)
+
+
+def make_vfat_image(output: str | os.PathLike, size_bytes: int, *, label: str = "EFI-SYSTEM",
+                    seed: str = "", files_dir: str | os.PathLike | None = None,
+                    epoch: int | None = None) -> Path:
+    """A FAT image (``mkfs.vfat --invariant`` with a derived volume id); files copied with mtools."""
+    mkfs = find_tool("mkfs.vfat")
+    epoch = source_date_epoch() if epoch is None else epoch
+    output = Path(output)
+    _sparse_file(output, size_bytes)
+    volid = derive_guid("vfat", label, seed).replace("-", "")[:8]
+    _run([mkfs, "--invariant", "-i", volid, "-n", label[:11], str(output)])
+    if files_dir and any(Path(files_dir).iterdir()):
+        mcopy = find_tool("mcopy")
+        with tempfile.TemporaryDirectory(prefix="imagebuilder-vfat-") as tmp:
+            stage = stage_tree(Path(files_dir), Path(tmp) / "efi", epoch)
+            normalize_tree(stage, epoch)
+            entries = sorted(str(p) for p in stage.iterdir())
+            _run([mcopy, "-s", "-m", "-o", "-i", str(output), *entries, "::/"],
+                 env={"MTOOLS_SKIP_CHECK": "1", "SOURCE_DATE_EPOCH": str(epoch)})
+    return output
+
+
+@dataclass
+class PartSpec:
+    number: int
+    label: str
+    type_guid: str
+    size_bytes: int | None            # None: grow to the end of the disk (only the last one)
+    image: str | os.PathLike | None = None
+    attributes: int = 0
+    unique_guid: str | None = None
+    priority: int | None = None
+    tries: int | None = None
+    successful: bool | None = None
+
+
+def _copy_sparse(src: Path, fd: int, offset: int, limit: int) -> None:
+    """dd conv=notrunc,sparse: copy ``src`` into the disk at ``offset``, skipping zero blocks."""
+    size = src.stat().st_size
+    if size > limit:
+        raise BuildError(f"{src.name} ({size} bytes) does not fit its partition ({limit} bytes)")
+    block = MIB
+    zero = bytes(block)
+    with open(src, "rb") as fh:
+        pos = 0
+        while True:
+            chunk = fh.read(block)
+            if not chunk:
+                break
+            if chunk != zero[:len(chunk)]:
+                os.pwrite(fd, chunk, offset + pos)
+            pos += len(chunk)
+
+
+def assemble_disk(output: str | os.PathLike, total_bytes: int, parts: list[PartSpec], *,
+                  disk_guid: str) -> gpt.Gpt:
+    """Lay the partitions out in list order (1 MiB aligned) on a sparse file and write the GPT."""
+    output = Path(output)
+    if total_bytes % gpt.SECTOR:
+        raise BuildError("disk size must be a multiple of 512 bytes")
+    _sparse_file(output, total_bytes)
+    table = gpt.new_gpt(total_bytes, disk_guid)
+    align = ALIGN // table.sector_size
+    lba = max(align, table.first_usable)
+    for i, spec in enumerate(parts):
+        lba = -(-lba // align) * align
+        if spec.size_bytes is None:
+            if i != len(parts) - 1:
+                raise BuildError("only the last partition can grow to the end of the disk")
+            last = table.last_usable
+        else:
+            last = lba + spec.size_bytes // table.sector_size - 1
+        if last > table.last_usable or last < lba:
+            raise BuildError(f"partition {spec.number} ({spec.label}) does not fit a {total_bytes // MIB} MiB disk")
+        p = gpt.Partition(number=spec.number, label=spec.label, type_guid=spec.type_guid,
+                          unique_guid=spec.unique_guid or derive_guid("part", disk_guid, spec.number, spec.label),
+                          first_lba=lba, last_lba=last, attributes=spec.attributes)
+        if spec.priority is not None:
+            p.priority = spec.priority
+        if spec.tries is not None:
+            p.tries = spec.tries
+        if spec.successful is not None:
+            p.successful = spec.successful
+        table.partitions.append(p)
+        lba = last + 1
+    fd = os.open(output, os.O_RDWR)
+    try:
+        for spec, p in zip(parts, table.partitions):
+            if spec.image is not None:
+                _copy_sparse(Path(spec.image), fd, p.offset(table.sector_size), p.size(table.sector_size))
+    finally:
+        os.close(fd)
+    gpt.write_gpt(output, table)
+    return table
+
+
+def build_disk(output: str | os.PathLike, version: str, *, size_mib: int = DEFAULT_DISK_MIB,
+               usr_size_mib: int = DEFAULT_USR_MIB, rootfs: str | os.PathLike | None = None,
+               epoch: int | None = None) -> gpt.Gpt:
+    """The default disk: EFI, BIOS-BOOT, USR-A (``version``), empty USR-B, OEM, OEM-CONFIG, ROOT."""
+    epoch = source_date_epoch() if epoch is None else epoch
+    fixed = EFI_MIB + BIOS_MIB + 2 * usr_size_mib + OEM_MIB + OEM_CONFIG_MIB
+    if size_mib < fixed + 1 + 8 + 1:
+        raise BuildError(f"--size-mib {size_mib} is too small: need at least {fixed + 10} MiB "
+                         f"for USR partitions of {usr_size_mib} MiB")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    disk_guid = derive_guid("disk", version, size_mib, usr_size_mib, epoch)
+    root_bytes = (size_mib - fixed - 2) * MIB
+    with tempfile.TemporaryDirectory(prefix="imagebuilder-", dir=output.parent) as tmp:
+        t = Path(tmp)
+        efi = make_vfat_image(t / "efi.img", EFI_MIB * MIB, label="EFI-SYSTEM", seed=disk_guid, epoch=epoch)
+        usr = make_usr_image(rootfs, t / "usr.img", usr_size_mib * MIB, version=version, epoch=epoch)
+        oem = make_ext_image(None, t / "oem.img", OEM_MIB * MIB, label="OEM", seed=disk_guid, epoch=epoch)
+        root = make_ext_image(None, t / "root.img", root_bytes, label="ROOT", seed=disk_guid, epoch=epoch)
+        parts = [
+            PartSpec(1, "EFI-SYSTEM", gpt.TYPE_EFI_SYSTEM, EFI_MIB * MIB, efi),
+            PartSpec(2, "BIOS-BOOT", gpt.TYPE_BIOS_BOOT, BIOS_MIB * MIB),
+            PartSpec(3, "USR-A", gpt.TYPE_USR, usr_size_mib * MIB, usr, priority=1, tries=0, successful=True),
+            PartSpec(4, "USR-B", gpt.TYPE_USR, usr_size_mib * MIB, None, priority=0, tries=0, successful=False),
+            PartSpec(6, "OEM", gpt.TYPE_LINUX_DATA, OEM_MIB * MIB, oem),
+            PartSpec(7, "OEM-CONFIG", gpt.TYPE_OEM_CONFIG, OEM_CONFIG_MIB * MIB),
+            PartSpec(9, "ROOT", gpt.TYPE_ROOT, None, root),
+        ]
+        return assemble_disk(output, size_mib * MIB, parts, disk_guid=disk_guid)

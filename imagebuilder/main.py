@@ -1,0 +1,35 @@
+"""``imagebuilder`` CLI: a thin click layer over :mod:`imagebuilder.disk`."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from imagebuilder import disk
+
+EXIT_OK = 0
+EXIT_BUILD_FAILED = 2
+
+
+@click.group()
+def cli() -> None:
+    """Build Fleetweb disks and artifacts."""
+
+
+@cli.command("disk")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="disk image file to write")
+@click.option("--version", "version", required=True, help="OS version written to USR-A")
+@click.option("--size-mib", default=disk.DEFAULT_DISK_MIB, show_default=True, type=click.IntRange(16))
+@click.option("--usr-size-mib", default=disk.DEFAULT_USR_MIB, show_default=True, type=click.IntRange(4))
+@click.option("--rootfs", type=click.Path(exists=True, file_okay=False), help="/usr tree to put on USR-A")
+def disk_cmd(output: str, version: str, size_mib: int, usr_size_mib: int, rootfs: str | None) -> None:
+    """Write a GPT disk image with the CoreOS layout (USR-A holds VERSION, USR-B is empty)."""
+    try:
+        table = disk.build_disk(output, version, size_mib=size_mib, usr_size_mib=usr_size_mib, rootfs=rootfs)
+    except (disk.BuildError, OSError) as exc:
+        click.echo(f"imagebuilder: error: {exc}", err=True)
+        sys.exit(EXIT_BUILD_FAILED)
+    for p in table.partitions:
+        click.echo(f"{p.number:>2} {p.label:<11} {p.first_lba:>8}-{p.last_lba:<8} prio={p.priority} "
+                   f"tries={p.tries} successful={int(p.successful)}")
+    click.echo(f"wrote {output} ({size_mib} MiB, version {version})")
