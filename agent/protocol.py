@@ -1,0 +1,193 @@
+"""The agent <-> server wire protocol: one implementation for both sides.
+
+Frames are JSON text objects with a ``type`` field.  ``decode`` turns raw text
+into a validated dict or raises :class:`ProtocolError` carrying the code the
+receiver puts into its ``error`` frame.  Nothing here imports Django.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 64 * 1024
+
+# Websocket close codes (4000-4999 are application defined).
+CLOSE_UNAUTHORIZED = 4401   # missing / wrong / revoked credential: do not retry fast
+CLOSE_REPLACED = 4409       # a newer connection for the same host took over
+CLOSE_PROTOCOL = 4400       # too many protocol errors
+
+# Error codes carried in ``error`` frames.
+ERR_MALFORMED = "malformed"        # not JSON, not an object, no type
+ERR_TOO_LARGE = "too_large"        # frame over MAX_FRAME_BYTES
+ERR_UNKNOWN_TYPE = "unknown_type"  # a type this side does not know
+ERR_INVALID = "invalid"            # a known type with bad fields
+ERR_NOT_READY = "not_ready"        # a frame that needs a hello first
+
+UPDATE_STATUSES = (
+    "IDLE", "CHECKING_FOR_UPDATE", "UPDATE_AVAILABLE", "DOWNLOADING", "VERIFYING",
+    "FINALIZING", "UPDATED_NEED_REBOOT", "REPORTING_ERROR_EVENT",
+)
+REBOOT_STRATEGIES = ("reboot", "etcd-lock", "best-effort", "off")
+COMMANDS = ("check-update", "reboot", "rollback", "unlock")
+
+
+class ProtocolError(ValueError):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# A field spec is (python types, required).  ``None`` allowed when NoneType is listed.
+_STR = (str,)
+_INT = (int,)
+_NUM = (int, float)
+_BOOL = (bool,)
+_LIST = (list,)
+_DICT = (dict,)
+_OPT_STR = (str, type(None))
+
+PARTITION_FIELDS = {
+    "label": (_STR, True),
+    "number": (_INT, True),
+    "version": (_OPT_STR, False),
+    "priority": (_INT, True),
+    "tries": (_INT, True),
+    "successful": (_BOOL, True),
+    "active": (_BOOL, True),
+}
+
+MESSAGES: dict[str, dict[str, dict[str, tuple[tuple[type, ...], bool]]]] = {
+    "agent": {
+        "hello": {
+            "machine_id": (_STR, True),
+            "boot_id": (_STR, True),
+            "hostname": (_STR, True),
+            "agent_version": (_STR, True),
+            "version": (_OPT_STR, True),          # version of the active USR partition
+            "partitions": (_LIST, True),
+            "update_status": (_STR, True),
+            "group": (_OPT_STR, False),           # GROUP= from update.conf (the channel)
+            "reboot_strategy": (_OPT_STR, False), # REBOOT_STRATEGY= from update.conf
+            "policy_revision": (_INT, False),     # last policy revision applied locally
+        },
+        "status": {
+            "update_status": (_STR, True),
+            "version": (_OPT_STR, False),
+            "partitions": (_LIST, False),
+            "progress": (_NUM, False),
+            "seq": (_INT, False),
+        },
+        "event": {
+            "kind": (_STR, True),                 # e.g. policy_applied, update_error
+            "message": (_STR, False),
+            "data": (_DICT, False),
+        },
+        "pong": {
+            "nonce": (_STR, False),
+        },
+    },
+    "server": {
+        "policy": {
+            "revision": (_INT, True),
+            "group": (_STR, True),                # the fleet group (lock group)
+            "channel": (_STR, True),              # written as GROUP= in update.conf
+            "reboot_strategy": (_STR, True),
+            "reboot_window_start": (_OPT_STR, False),
+            "reboot_window_length": (_OPT_STR, False),
+            "etcd_endpoints": (_LIST, False),
+            "lock_group": (_STR, False),
+            "heartbeat_interval": (_NUM, False),
+        },
+        "update": {
+            "version": (_STR, True),
+            "url": (_STR, True),
+            "size": (_INT, True),
+            "sha256": (_STR, True),
+            "signature": (_STR, True),
+        },
+        "command": {
+            "command": (_STR, True),
+            "id": (_STR, False),
+            "args": (_DICT, False),
+        },
+        "error": {
+            "code": (_STR, True),
+            "message": (_STR, True),
+        },
+        "ping": {
+            "nonce": (_STR, False),
+        },
+    },
+}
+
+
+def _check_fields(kind: str, obj: dict, spec: dict) -> None:
+    for name, (types, required) in spec.items():
+        if name not in obj:
+            if required:
+                raise ProtocolError(ERR_INVALID, f"{kind}: missing field '{name}'")
+            continue
+        value = obj[name]
+        # bool is an int subclass: do not accept True where a number is required.
+        if isinstance(value, bool) and bool not in types:
+            raise ProtocolError(ERR_INVALID, f"{kind}: field '{name}' has the wrong type")
+        if not isinstance(value, types):
+            raise ProtocolError(ERR_INVALID, f"{kind}: field '{name}' has the wrong type")
+        if isinstance(value, str) and len(value) > 4096:
+            raise ProtocolError(ERR_INVALID, f"{kind}: field '{name}' is too long")
+
+
+def _check_partitions(kind: str, parts: list) -> None:
+    if len(parts) > 16:
+        raise ProtocolError(ERR_INVALID, f"{kind}: too many partitions")
+    for p in parts:
+        if not isinstance(p, dict):
+            raise ProtocolError(ERR_INVALID, f"{kind}: each partition must be an object")
+        _check_fields(f"{kind}.partitions", p, PARTITION_FIELDS)
+
+
+def validate(msg: Any, sender: str) -> dict:
+    """Validate an already parsed frame sent by ``sender`` ("agent" or "server")."""
+    if not isinstance(msg, dict):
+        raise ProtocolError(ERR_MALFORMED, "a frame must be a JSON object")
+    kind = msg.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise ProtocolError(ERR_MALFORMED, "a frame needs a string 'type' field")
+    spec = MESSAGES[sender].get(kind)
+    if spec is None:
+        raise ProtocolError(ERR_UNKNOWN_TYPE, f"unknown message type '{kind[:64]}'")
+    _check_fields(kind, msg, spec)
+    if "partitions" in msg:
+        _check_partitions(kind, msg["partitions"])
+    if "update_status" in msg and msg["update_status"] not in UPDATE_STATUSES:
+        raise ProtocolError(ERR_INVALID, f"{kind}: unknown update_status '{msg['update_status'][:64]}'")
+    if kind == "policy" and msg["reboot_strategy"] not in REBOOT_STRATEGIES:
+        raise ProtocolError(ERR_INVALID, f"policy: unknown reboot_strategy '{msg['reboot_strategy']}'")
+    if kind == "command" and msg["command"] not in COMMANDS:
+        raise ProtocolError(ERR_INVALID, f"command: unknown command '{msg['command']}'")
+    return msg
+
+
+def decode(text: str | bytes, sender: str) -> dict:
+    """Parse and validate one frame sent by ``sender``; raises ProtocolError."""
+    size = len(text.encode() if isinstance(text, str) else text)
+    if size > MAX_FRAME_BYTES:
+        raise ProtocolError(ERR_TOO_LARGE, f"frame of {size} bytes exceeds the {MAX_FRAME_BYTES} byte limit")
+    try:
+        msg = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(ERR_MALFORMED, f"frame is not valid JSON: {exc}") from None
+    return validate(msg, sender)
+
+
+def encode(kind: str, sender: str, **fields: Any) -> str:
+    """Build, validate and serialise a frame (so neither side sends a bad one)."""
+    msg = {"type": kind, **fields}
+    validate(msg, sender)
+    return json.dumps(msg, separators=(",", ":"))
+
+
+def error_frame(code: str, message: str) -> str:
+    return encode("error", "server", code=code, message=message)

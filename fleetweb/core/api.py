@@ -1,0 +1,57 @@
+"""Shared API plumbing: pagination and the one mapping of errors to 4xx bodies.
+
+Every 4xx body is ``{"detail": "...", "errors": {field: [...]}}``.
+"""
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+class Pagination(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+class Conflict(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The request conflicts with the current state."
+    default_code = "conflict"
+
+
+def _flatten(detail) -> dict:
+    if isinstance(detail, dict):
+        return {k: [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in detail.items()}
+    if isinstance(detail, list):
+        return {"non_field_errors": [str(x) for x in detail]}
+    return {}
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound("Not found.")
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    data = response.data
+    if isinstance(exc, exceptions.ValidationError):
+        errors = _flatten(data)
+        first = next(iter(errors.items()), None)
+        detail = f"{first[0]}: {first[1][0]}" if first and first[0] != "non_field_errors" else (
+            first[1][0] if first else "Invalid input.")
+        body = {"detail": detail, "errors": errors}
+    else:
+        detail = data.get("detail") if isinstance(data, dict) else data
+        body = {"detail": str(detail), "errors": {}}
+        code = getattr(exc, "code", None) or (getattr(exc, "get_codes", lambda: None)())
+        if isinstance(code, str):
+            body["code"] = code
+    return Response(body, status=response.status_code, headers=getattr(response, "headers", None) and {
+        k: v for k, v in response.headers.items() if k.lower() in ("www-authenticate", "retry-after")})

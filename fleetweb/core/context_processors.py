@@ -1,0 +1,2 @@
+def organization(request):
+    return {"organization": getattr(request, "organization", None), "role": getattr(request, "role", None)}

@@ -1,0 +1,126 @@
+"""Per-process fan-out of server → agent frames.
+
+Agent websockets do not join channel-layer groups (about 140 KiB and a Redis round trip per
+connection, see DESIGN §5).  Instead each web process keeps a local map ``key → sockets`` and
+subscribes once to one Redis pub/sub channel; a publisher anywhere (a view, a Celery task, another
+web process) publishes ``{key, frame}`` and every process delivers it to its own sockets.  Keys are
+``host:<uuid>`` and ``group:<id>``.  Without REDIS_URL (one process) delivery is local only.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+Sender = Callable[[str], Awaitable[None]]
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._local: dict[str, set[Sender]] = defaultdict(set)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listener: asyncio.Task | None = None
+        self._ready: asyncio.Event | None = None
+        self._sync_redis = None
+
+    # -- subscribers (consumers, in the event loop) ------------------------------------------
+    async def join(self, key: str, send: Sender) -> None:
+        await self._ensure_started()
+        self._local[key].add(send)
+
+    def leave(self, key: str, send: Sender) -> None:
+        senders = self._local.get(key)
+        if senders is not None:
+            senders.discard(send)
+            if not senders:
+                del self._local[key]
+
+    def local_count(self, key: str) -> int:
+        return len(self._local.get(key, ()))
+
+    async def _ensure_started(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # first use in this process (or a new loop in tests)
+            self._loop = loop
+            self._listener = None
+            self._ready = asyncio.Event()
+            if settings.REDIS_URL:
+                self._listener = loop.create_task(self._listen(), name="fleet-hub-listener")
+            else:
+                self._ready.set()
+        await self._ready.wait()
+
+    async def _listen(self) -> None:
+        import redis.asyncio as aioredis
+
+        backoff = 0.5
+        while True:
+            client = aioredis.from_url(settings.REDIS_URL)
+            try:
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(settings.FLEET_HUB_CHANNEL)
+                self._ready.set()
+                backoff = 0.5
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    try:
+                        data = json.loads(message["data"])
+                        self._deliver(data["key"], data["frame"])
+                    except (ValueError, KeyError, TypeError):
+                        log.warning("hub: dropped a malformed message")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis went away: keep trying, sockets stay up
+                log.warning("hub: redis subscription lost (%s); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10)
+            finally:
+                await client.aclose()
+
+    def _deliver(self, key: str, frame: dict | str) -> None:
+        senders = self._local.get(key)
+        if not senders:
+            return
+        text = frame if isinstance(frame, str) else json.dumps(frame, separators=(",", ":"))
+        for send in list(senders):
+            asyncio.ensure_future(self._safe_send(send, text))
+
+    @staticmethod
+    async def _safe_send(send: Sender, text: str) -> None:
+        try:
+            await send(text)
+        except Exception as exc:  # a socket closing under us is not the publisher's problem
+            log.debug("hub: send failed: %s", exc)
+
+    # -- publishers (any thread, any process) ------------------------------------------------
+    def publish(self, key: str, frame: dict) -> None:
+        """Deliver ``frame`` to every socket joined under ``key``, in every web process."""
+        if settings.REDIS_URL:
+            if self._sync_redis is None:
+                import redis
+
+                self._sync_redis = redis.Redis.from_url(settings.REDIS_URL)
+            self._sync_redis.publish(settings.FLEET_HUB_CHANNEL, json.dumps({"key": key, "frame": frame}))
+            return
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return  # no sockets in this process
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._deliver(key, frame)
+        else:
+            loop.call_soon_threadsafe(self._deliver, key, frame)
+
+
+hub = Hub()
+publish = hub.publish

@@ -1,0 +1,402 @@
+"""Groups, hosts, enrollment and the activity log: the rules live here, views stay thin."""
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from django.core.exceptions import ValidationError
+from django.db import models, transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from agent import window as reboot_window
+from fleetweb.core import secrets
+
+from .choices import EventKind, RebootStrategy
+
+
+class EnrollmentError(Exception):
+    """A token that cannot enroll a host; ``code`` is what the agent maps to an exit code."""
+
+    def __init__(self, code: str, detail: str):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+# ---------------------------------------------------------------------------------------------
+# Events
+# ---------------------------------------------------------------------------------------------
+
+class EventManager(models.Manager):
+    def record(self, organization_id: int, kind: str, message: str, *, host=None, group=None,
+               host_id=None, group_id=None, actor: str = "", data: dict | None = None) -> "Event":
+        event = self.create(organization_id=organization_id, kind=kind, message=message,
+                            host_id=host.pk if host is not None else host_id,
+                            group_id=group.pk if group is not None else group_id,
+                            actor=actor, data=data or {})
+        transaction.on_commit(lambda: event.broadcast())
+        return event
+
+
+class Event(models.Model):
+    organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=32, choices=EventKind.choices)
+    message = models.CharField(max_length=500)
+    host = models.ForeignKey("fleet.Host", null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    group = models.ForeignKey("fleet.Group", null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    actor = models.CharField(max_length=150, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = EventManager()
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [models.Index(fields=["organization", "-created"], name="event_org_created")]
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+    @property
+    def colour(self) -> str:
+        return EventKind.colour(self.kind)
+
+    def broadcast(self) -> None:
+        from fleetweb.core import live
+
+        live.to_ui(self.organization_id, {"kind": "event", "event": {
+            "id": self.id, "kind": self.kind, "message": self.message,
+            "host": str(self.host_id) if self.host_id else None, "group": self.group_id,
+            "created": self.created.isoformat()}})
+
+
+# ---------------------------------------------------------------------------------------------
+# Groups
+# ---------------------------------------------------------------------------------------------
+
+class Group(models.Model):
+    organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE, related_name="groups")
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=100)
+    channel = models.ForeignKey("updates.Channel", on_delete=models.PROTECT, related_name="groups")
+    reboot_strategy = models.CharField(max_length=16, choices=RebootStrategy.choices,
+                                       default=RebootStrategy.BEST_EFFORT)
+    max_concurrent_reboots = models.PositiveIntegerField(default=1)
+    reboot_window_start = models.CharField(max_length=16, blank=True)
+    reboot_window_length = models.CharField(max_length=16, blank=True)
+    policy_revision = models.PositiveIntegerField(default=1)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["organization", "slug"], name="unique_group_slug")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        errors = {}
+        if self.channel_id and self.organization_id and self.channel.organization_id != self.organization_id:
+            errors["channel"] = ["Unknown channel."]
+        try:
+            reboot_window.parse_window(self.reboot_window_start or None, self.reboot_window_length or None)
+        except ValueError as exc:
+            errors["reboot_window_start"] = [str(exc)]
+        if self.max_concurrent_reboots < 1:
+            errors["max_concurrent_reboots"] = ["Must be at least 1."]
+        if errors:
+            raise ValidationError(errors)
+
+    def save(self, *args, **kwargs):
+        if not self.slug:
+            self.slug = slugify(self.name)[:100] or "group"
+        super().save(*args, **kwargs)
+
+    # The policy agents of this group follow -------------------------------------------------
+    POLICY_FIELDS = ("channel", "reboot_strategy", "reboot_window_start", "reboot_window_length",
+                     "max_concurrent_reboots")
+
+    def policy(self) -> dict:
+        from django.conf import settings
+
+        return {
+            "type": "policy",
+            "revision": self.policy_revision,
+            "group": self.slug,
+            "channel": self.channel.name,
+            "reboot_strategy": self.reboot_strategy,
+            "reboot_window_start": self.reboot_window_start or None,
+            "reboot_window_length": self.reboot_window_length or None,
+            "etcd_endpoints": list(settings.ETCD_ENDPOINTS),
+            "lock_group": self.slug,
+            "heartbeat_interval": settings.FLEET_HEARTBEAT_INTERVAL,
+        }
+
+    @transaction.atomic
+    def apply_changes(self, changes: dict, actor: str = "") -> list[str]:
+        """Change policy fields, bump the revision, log it and push the policy to connected agents.
+
+        ``changes`` holds validated values.  Returns the names of the fields that changed.
+        """
+        locked = Group.objects.select_for_update().get(pk=self.pk)
+        old = {f: getattr(locked, f) for f in self.POLICY_FIELDS}
+        for field, value in changes.items():
+            setattr(self, field, value)
+        self.full_clean(exclude=["organization", "slug", "name"] if "name" not in changes else ["organization"])
+        changed = [f for f in self.POLICY_FIELDS if getattr(self, f) != old[f]]
+        other = [f for f in changes if f not in self.POLICY_FIELDS]
+        if changed:
+            self.policy_revision = locked.policy_revision + 1
+        self.save()
+        if "channel" in changed:
+            Event.objects.record(self.organization_id, EventKind.CHANNEL_CHANGED,
+                                 f"Group {self.name} switched from {old['channel'].name} to {self.channel.name}",
+                                 group=self, actor=actor,
+                                 data={"from": old["channel"].name, "to": self.channel.name,
+                                       "revision": self.policy_revision})
+        if "reboot_strategy" in changed:
+            Event.objects.record(self.organization_id, EventKind.STRATEGY_CHANGED,
+                                 f"Group {self.name} reboot strategy {old['reboot_strategy']} → {self.reboot_strategy}",
+                                 group=self, actor=actor,
+                                 data={"from": old["reboot_strategy"], "to": self.reboot_strategy})
+        rest = [f for f in changed if f not in ("channel", "reboot_strategy")] + other
+        if rest:
+            Event.objects.record(self.organization_id, EventKind.GROUP_CHANGED,
+                                 f"Group {self.name} changed: {', '.join(rest)}", group=self, actor=actor,
+                                 data={"fields": rest})
+        if changed:
+            frame = self.policy()
+            transaction.on_commit(lambda: self.push_policy(frame))
+        return changed + other
+
+    def push_policy(self, frame: dict | None = None) -> None:
+        from fleetweb.core import hub, live
+
+        hub.publish(f"group:{self.pk}", frame or self.policy())
+        live.to_ui(self.organization_id, {"kind": "group", "group": self.pk})
+
+    def hosts_applied(self) -> tuple[int, int]:
+        """(hosts that acknowledged the current policy, hosts in the group)."""
+        qs = self.hosts.all()
+        return qs.filter(policy_revision__gte=self.policy_revision).count(), qs.count()
+
+
+# ---------------------------------------------------------------------------------------------
+# Enrollment
+# ---------------------------------------------------------------------------------------------
+
+class EnrollmentTokenManager(models.Manager):
+    def issue(self, group: Group, *, name: str = "", expires_in: timedelta | None = None,
+              max_uses: int | None = None, created_by=None) -> tuple["EnrollmentToken", str]:
+        new = secrets.new_secret("fwe")
+        token = self.create(organization_id=group.organization_id, group=group, name=name, lookup=new.lookup,
+                            digest=new.digest, max_uses=max_uses, created_by=created_by,
+                            expires_at=timezone.now() + expires_in if expires_in else None)
+        Event.objects.record(group.organization_id, EventKind.TOKEN_CREATED,
+                             f"Enrollment token {token.display} created for group {group.name}",
+                             group=group, actor=str(created_by or ""))
+        return token, new.secret
+
+    def redeem(self, secret: str) -> "EnrollmentToken":
+        """Use up one enrollment of the token or raise EnrollmentError.  Call in a transaction."""
+        lookup = secrets.split(secret, "fwe")
+        token = self.select_related("group", "group__channel").filter(lookup=lookup).first() if lookup else None
+        if token is None or not secrets.matches(secret, token.digest):
+            raise EnrollmentError("token_invalid", "The enrollment token is not valid: check it was copied whole.")
+        if token.revoked_at:
+            raise EnrollmentError("token_revoked", "The enrollment token was revoked: create a new one.")
+        now = timezone.now()
+        if token.expires_at and token.expires_at <= now:
+            raise EnrollmentError("token_expired", "The enrollment token has expired: create a new one.")
+        # Claim one use with a conditional UPDATE so two concurrent enrollments cannot overshoot.
+        qs = self.filter(pk=token.pk, revoked_at__isnull=True)
+        if token.max_uses is not None:
+            qs = qs.filter(uses__lt=token.max_uses)
+        if qs.update(uses=models.F("uses") + 1, last_used=now) != 1:
+            raise EnrollmentError("token_exhausted", "The enrollment token has been used up: create a new one.")
+        token.uses += 1
+        return token
+
+
+class EnrollmentToken(models.Model):
+    organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE, related_name="tokens")
+    group = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="tokens")
+    name = models.CharField(max_length=100, blank=True)
+    lookup = models.CharField(max_length=12, unique=True)
+    digest = models.CharField(max_length=64)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    max_uses = models.PositiveIntegerField(null=True, blank=True)
+    uses = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL)
+    created = models.DateTimeField(default=timezone.now)
+    last_used = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = EnrollmentTokenManager()
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return self.display
+
+    @property
+    def display(self) -> str:
+        return self.name or f"fwe_{self.lookup}_…"
+
+    @property
+    def state(self) -> str:
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_at and self.expires_at <= timezone.now():
+            return "expired"
+        if self.max_uses is not None and self.uses >= self.max_uses:
+            return "used up"
+        return "active"
+
+    def revoke(self, actor: str = "") -> bool:
+        done = EnrollmentToken.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        if done:
+            Event.objects.record(self.organization_id, EventKind.TOKEN_REVOKED,
+                                 f"Enrollment token {self.display} revoked", group=self.group, actor=actor)
+        return done == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Hosts
+# ---------------------------------------------------------------------------------------------
+
+class HostManager(models.Manager):
+    @transaction.atomic
+    def register(self, token_secret: str, *, machine_id: str, hostname: str, agent_version: str = "",
+                 boot_id: str = "", version: str | None = None, partitions: list | None = None,
+                 channel: str | None = None, reboot_strategy: str | None = None,
+                 address: str | None = None) -> tuple["Host", str]:
+        """Enroll a host with a token; returns the host and its credential (shown once).
+
+        A machine that registers again (re-imaged, new state dir) keeps its host record; its old
+        credentials are revoked.
+        """
+        token = EnrollmentToken.objects.redeem(token_secret)
+        now = timezone.now()
+        host, created = self.select_for_update().get_or_create(
+            organization_id=token.organization_id, machine_id=machine_id,
+            defaults={"group": token.group, "hostname": hostname, "registered_at": now})
+        host.group = token.group
+        host.hostname = hostname
+        host.agent_version = agent_version
+        host.boot_id = boot_id
+        host.version = version or ""
+        host.partitions = partitions or []
+        host.channel = channel or ""
+        host.reboot_strategy = reboot_strategy or ""
+        host.address = address
+        host.policy_revision = 0
+        host.save()
+        if not created:
+            HostCredential.objects.filter(host=host, revoked_at__isnull=True).update(revoked_at=now)
+        new = secrets.new_secret("fwh")
+        HostCredential.objects.create(host=host, lookup=new.lookup, digest=new.digest)
+        Event.objects.record(token.organization_id, EventKind.REGISTERED,
+                             f"Host {hostname} {'registered' if created else 're-registered'} in group {token.group.name}",
+                             host=host, group=token.group, data={"token": token.lookup, "machine_id": machine_id})
+        return host, new.secret
+
+    def reap_offline(self, now=None) -> int:
+        """Mark offline every host silent for longer than FLEET_OFFLINE_AFTER."""
+        from django.conf import settings
+
+        now = now or timezone.now()
+        cutoff = now - timedelta(seconds=settings.FLEET_OFFLINE_AFTER)
+        stale = list(self.filter(online=True, last_seen__lt=cutoff).values_list("pk", "organization_id",
+                                                                                  "hostname", "group_id"))
+        count = 0
+        for pk, org_id, hostname, group_id in stale:
+            with transaction.atomic():
+                if self.filter(pk=pk, online=True, last_seen__lt=cutoff).update(online=False, connection_id=None):
+                    count += 1
+                    Event.objects.record(org_id, EventKind.WENT_OFFLINE,
+                                         f"Host {hostname} went offline: no heartbeat for "
+                                         f"{settings.FLEET_OFFLINE_AFTER} s",
+                                         host_id=pk, group_id=group_id)
+                    transaction.on_commit(lambda pk=pk, org_id=org_id: _host_changed(org_id, pk))
+        return count
+
+
+def _host_changed(organization_id: int, host_id) -> None:
+    from fleetweb.core import live
+
+    live.to_ui(organization_id, {"kind": "host", "host": str(host_id)})
+
+
+class Host(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE, related_name="hosts")
+    group = models.ForeignKey(Group, on_delete=models.PROTECT, related_name="hosts")
+    machine_id = models.CharField(max_length=64)
+    hostname = models.CharField(max_length=255)
+    boot_id = models.CharField(max_length=64, blank=True)
+    agent_version = models.CharField(max_length=32, blank=True)
+    address = models.GenericIPAddressField(null=True, blank=True)
+    version = models.CharField(max_length=64, blank=True, db_index=True)
+    channel = models.CharField(max_length=16, blank=True, help_text="GROUP= as reported from update.conf")
+    reboot_strategy = models.CharField(max_length=16, blank=True, help_text="REBOOT_STRATEGY= as reported")
+    update_status = models.CharField(max_length=32, default="IDLE")
+    partitions = models.JSONField(default=list, blank=True)
+    policy_revision = models.PositiveIntegerField(default=0, help_text="Policy revision the agent applied")
+    status_seq = models.BigIntegerField(default=0, help_text="Sequence number of the last status persisted")
+    online = models.BooleanField(default=False)
+    connection_id = models.UUIDField(null=True, blank=True)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    registered_at = models.DateTimeField(default=timezone.now)
+
+    objects = HostManager()
+
+    class Meta:
+        ordering = ["hostname", "id"]
+        constraints = [models.UniqueConstraint(fields=["organization", "machine_id"], name="unique_machine")]
+        indexes = [
+            models.Index(fields=["organization", "hostname", "id"], name="host_org_hostname"),
+            models.Index(fields=["organization", "online"], name="host_org_online"),
+            models.Index(fields=["organization", "group"], name="host_org_group"),
+        ]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+    @property
+    def policy_applied(self) -> bool:
+        return self.policy_revision >= self.group.policy_revision
+
+    @property
+    def active_partition(self) -> dict | None:
+        return next((p for p in self.partitions if p.get("active")), None)
+
+    def delete_with_event(self, actor: str = "") -> None:
+        with transaction.atomic():
+            Event.objects.record(self.organization_id, EventKind.HOST_DELETED, f"Host {self.hostname} deleted",
+                                 group=self.group, actor=actor, data={"host": str(self.pk)})
+            self.delete()
+
+
+class HostCredentialManager(models.Manager):
+    def authenticate(self, secret: str) -> Host | None:
+        lookup = secrets.split(secret, "fwh")
+        if lookup is None:
+            return None
+        cred = (self.select_related("host", "host__group", "host__group__channel")
+                .filter(lookup=lookup, revoked_at__isnull=True).first())
+        if cred is None or not secrets.matches(secret, cred.digest):
+            return None
+        return cred.host
+
+
+class HostCredential(models.Model):
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="credentials")
+    lookup = models.CharField(max_length=12, unique=True)
+    digest = models.CharField(max_length=64)
+    created = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = HostCredentialManager()

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from .models import Membership
+
+
+class OrganizationMiddleware:
+    """Sets request.organization and request.role for logged-in users (session picks the org)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        request.organization = None
+        request.role = None
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            qs = Membership.objects.select_related("organization").filter(user=user)
+            org_id = request.session.get("organization_id")
+            m = (qs.filter(organization_id=org_id).first() if org_id else None) or qs.order_by("id").first()
+            if m is not None:
+                request.organization = m.organization
+                request.role = m.role
+        return self.get_response(request)

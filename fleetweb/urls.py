@@ -1,0 +1,18 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+api_patterns = [
+    path("", include("fleetweb.fleet.api.urls")),
+    path("", include("fleetweb.updates.api.urls")),
+    path("", include("fleetweb.tenancy.api.urls")),
+]
+
+urlpatterns = [
+    path("api/v1/", include((api_patterns, "api"))),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("admin/", admin.site.urls),
+    path("", include("fleetweb.core.urls")),
+    path("", include("fleetweb.fleet.urls")),
+]

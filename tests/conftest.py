@@ -1,0 +1,103 @@
+"""Shared fixtures: the personas of every data test (healthchecks' alice/bob/charlie).
+
+- alice: admin of Acme; bob: viewer of Acme; charlie: admin of Other (the outsider).
+Each persona has an API client authenticated with an API key of their organization and role.
+"""
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+
+@pytest.fixture
+def acme(db):
+    from fleetweb.tenancy.models import Organization
+
+    return Organization.objects.create_with_defaults("Acme", "acme")
+
+
+@pytest.fixture
+def other_org(db):
+    from fleetweb.tenancy.models import Organization
+
+    return Organization.objects.create_with_defaults("Other", "other")
+
+
+def _member(org, username, role):
+    from django.contrib.auth.models import User
+
+    from fleetweb.tenancy.models import ApiKey, Membership
+
+    user = User.objects.create_user(username, password="password123")
+    Membership.objects.create(organization=org, user=user, role=role)
+    _, secret = ApiKey.objects.issue(org, f"{username}-key", role, created_by=user)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    client.user = user
+    client.api_key = secret
+    return client
+
+
+@pytest.fixture
+def alice(acme):
+    return _member(acme, "alice", "admin")
+
+
+@pytest.fixture
+def operator(acme):
+    return _member(acme, "olga", "operator")
+
+
+@pytest.fixture
+def bob(acme):
+    return _member(acme, "bob", "viewer")
+
+
+@pytest.fixture
+def charlie(other_org):
+    return _member(other_org, "charlie", "admin")
+
+
+@pytest.fixture
+def web_group(acme):
+    from fleetweb.fleet.models import Group
+
+    return Group.objects.create(organization=acme, name="web", slug="web",
+                                channel=acme.channels.get(name="stable"))
+
+
+@pytest.fixture
+def other_group(other_org):
+    from fleetweb.fleet.models import Group
+
+    return Group.objects.create(organization=other_org, name="web", slug="web",
+                                channel=other_org.channels.get(name="stable"))
+
+
+def partitions(active="USR-A", version_a="100.0.0", version_b=None):
+    return [
+        {"label": "USR-A", "number": 3, "version": version_a, "priority": 1, "tries": 0,
+         "successful": True, "active": active == "USR-A"},
+        {"label": "USR-B", "number": 4, "version": version_b, "priority": 0, "tries": 0,
+         "successful": False, "active": active == "USR-B"},
+    ]
+
+
+@pytest.fixture
+def make_host(db):
+    """Create a registered host in a group (through the real enrollment path)."""
+    counter = {"n": 0}
+
+    def make(group, hostname=None, **kw):
+        from fleetweb.fleet.models import EnrollmentToken, Host
+
+        counter["n"] += 1
+        _, secret = EnrollmentToken.objects.issue(group)
+        host, credential = Host.objects.register(
+            secret, machine_id=kw.pop("machine_id", f"{counter['n']:032x}"),
+            hostname=hostname or f"host-{counter['n']}", version=kw.pop("version", "100.0.0"),
+            partitions=kw.pop("partitions", partitions()), **kw)
+        host.credential = credential
+        return host
+
+    return make
