@@ -201,7 +201,8 @@ class EnrollmentTokenManager(models.Manager):
     def redeem(self, secret: str) -> "EnrollmentToken":
         """Use up one enrollment of the token or raise EnrollmentError.  Call in a transaction."""
         lookup = secrets.split(secret, "fwe")
-        token = self.select_related("group", "group__channel").filter(lookup=lookup).first() if lookup else None
+        token = (self.select_related("group", "group__channel", "organization").filter(lookup=lookup).first()
+                 if lookup else None)
         if token is None or not secrets.matches(secret, token.digest):
             raise EnrollmentError("token_invalid", "The enrollment token is not valid: check it was copied whole.")
         if token.revoked_at:
@@ -372,6 +373,34 @@ class Host(models.Model):
     @property
     def active_partition(self) -> dict | None:
         return next((p for p in self.partitions if p.get("active")), None)
+
+    def move_to(self, group: Group, actor: str = "") -> bool:
+        """Put the host in another group of its organization and push that group's policy to it.
+
+        The group's revision is not bumped: only this host has to catch up, so its applied
+        revision goes back to 0 until the agent acknowledges the new policy.
+        """
+        if group.organization_id != self.organization_id:
+            raise ValidationError({"group": ["Unknown group."]})
+        if group.pk == self.group_id:
+            return False
+        old_name = self.group.name
+        self.group = group
+        self.policy_revision = 0
+        with transaction.atomic():
+            self.save(update_fields=["group", "policy_revision"])
+            Event.objects.record(self.organization_id, EventKind.GROUP_CHANGED,
+                                 f"Host {self.hostname} moved from group {old_name} to {group.name}",
+                                 host=self, group=group, actor=actor, data={"from": old_name, "to": group.name})
+            frame = group.policy()
+            transaction.on_commit(lambda: self._push(frame))
+        return True
+
+    def _push(self, frame: dict) -> None:
+        from fleetweb.core import hub
+
+        hub.publish(f"host:{self.pk}", frame)
+        _host_changed(self.organization_id, self.pk)
 
     def delete_with_event(self, actor: str = "") -> None:
         with transaction.atomic():
