@@ -1,0 +1,213 @@
+"""The agent websocket `/ws/agent/`.
+
+Authenticates the bearer credential in `connect()`, validates every frame with the shared
+protocol module, persists host state, and relays policy/commands from the per-process hub.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.db import transaction
+from django.utils import timezone
+
+from agent import protocol
+from fleetweb.core.hub import hub
+
+from .choices import EventKind
+from .writer import writer
+
+log = logging.getLogger(__name__)
+
+MAX_PROTOCOL_ERRORS = 50
+
+
+def _bearer(scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            text = value.decode("latin-1")
+            if text.startswith("Bearer "):
+                return text[7:].strip()
+    return None
+
+
+class AgentConsumer(AsyncWebsocketConsumer):
+    # Agents do not join channel-layer groups: the hub fans frames out per process.
+    channel_layer_alias = "agents-use-the-hub"
+
+    async def connect(self):
+        self.host_id = None
+        self.ready = False
+        self.errors = 0
+        secret = _bearer(self.scope)
+        host = await self._authenticate(secret) if secret else None
+        await self.accept()
+        if host is None:
+            await self.send(text_data=protocol.error_frame("unauthorized", "invalid or revoked credential"))
+            await self.close(code=protocol.CLOSE_UNAUTHORIZED)
+            return
+        self.host_id = host.pk
+        self.organization_id = host.organization_id
+        self.group_id = host.group_id
+        self.hostname = host.hostname
+        self.connection_id = uuid.uuid4()
+        self.state = {"update_status": host.update_status, "version": host.version,
+                      "partitions": host.partitions, "status_seq": host.status_seq}
+        await hub.join(f"host:{self.host_id}", self._from_host_key)
+        await hub.join(f"group:{self.group_id}", self._send_text)
+
+    @database_sync_to_async
+    def _authenticate(self, secret):
+        from .models import HostCredential
+
+        return HostCredential.objects.authenticate(secret)
+
+    async def disconnect(self, code):
+        if self.host_id is None:
+            return
+        hub.leave(f"host:{self.host_id}", self._from_host_key)
+        hub.leave(f"group:{self.group_id}", self._send_text)
+        if self.ready:
+            await self._mark_offline(code)
+
+    # -- frames from the hub ---------------------------------------------------------------
+    async def _send_text(self, text: str) -> None:
+        await self.send(text_data=text)
+
+    async def _from_host_key(self, text: str) -> None:
+        frame = json.loads(text)
+        if frame.get("type") == "policy":  # the host may have moved to another group
+            group_id = await self._current_group_id()
+            if group_id != self.group_id:
+                hub.leave(f"group:{self.group_id}", self._send_text)
+                self.group_id = group_id
+                await hub.join(f"group:{self.group_id}", self._send_text)
+        await self.send(text_data=text)
+
+    @database_sync_to_async
+    def _current_group_id(self):
+        from .models import Host
+
+        return Host.objects.filter(pk=self.host_id).values_list("group_id", flat=True).first()
+
+    # -- frames from the agent -------------------------------------------------------------
+    async def receive(self, text_data=None, bytes_data=None):
+        if self.host_id is None:
+            return
+        try:
+            if text_data is None:
+                raise protocol.ProtocolError(protocol.ERR_MALFORMED, "frames must be JSON text, not binary")
+            msg = protocol.decode(text_data, "agent")
+            if msg["type"] != "hello" and not self.ready:
+                raise protocol.ProtocolError(protocol.ERR_NOT_READY, f"send hello before {msg['type']}")
+        except protocol.ProtocolError as exc:
+            self.errors += 1
+            await self.send(text_data=protocol.error_frame(exc.code, exc.message))
+            if self.errors >= MAX_PROTOCOL_ERRORS:
+                await self.close(code=protocol.CLOSE_PROTOCOL)
+            return
+        await getattr(self, f"on_{msg['type']}")(msg)
+
+    async def on_hello(self, msg):
+        policy = await self._hello(msg)
+        self.ready = True
+        await self.send(text_data=json.dumps(policy, separators=(",", ":")))
+
+    @database_sync_to_async
+    def _hello(self, msg):
+        from .models import Event, Group, Host, _host_changed
+
+        now = timezone.now()
+        with transaction.atomic():
+            host = Host.objects.select_for_update().get(pk=self.host_id)
+            rebooted = bool(host.boot_id) and host.boot_id != msg["boot_id"]
+            host.hostname = msg["hostname"][:255]
+            host.boot_id = msg["boot_id"][:64]
+            host.agent_version = msg["agent_version"][:32]
+            host.version = (msg.get("version") or "")[:64]
+            host.partitions = msg["partitions"]
+            host.update_status = msg["update_status"]
+            host.channel = (msg.get("group") or "")[:16]
+            host.reboot_strategy = (msg.get("reboot_strategy") or "")[:16]
+            if "policy_revision" in msg and host.policy_revision > msg["policy_revision"]:
+                host.policy_revision = msg["policy_revision"]  # the agent lost its state
+            host.online = True
+            host.connection_id = self.connection_id
+            host.last_seen = now
+            host.save()
+            active = host.active_partition or {}
+            Event.objects.record(
+                host.organization_id, EventKind.CONNECTED,
+                f"Host {host.hostname} connected: version {host.version or '?'} on {active.get('label', '?')}"
+                + (" (after a reboot)" if rebooted else ""),
+                host=host, group_id=host.group_id,
+                data={"boot_id": host.boot_id, "rebooted": rebooted, "version": host.version})
+            transaction.on_commit(lambda: _host_changed(host.organization_id, host.pk))
+            group = Group.objects.select_related("channel").get(pk=host.group_id)
+        self.hostname = host.hostname
+        self.state = {"update_status": host.update_status, "version": host.version,
+                      "partitions": host.partitions, "status_seq": host.status_seq}
+        return group.policy()
+
+    async def on_status(self, msg):
+        st = self.state
+        st["update_status"] = msg["update_status"]
+        if "version" in msg:
+            st["version"] = (msg["version"] or "")[:64]
+        if "partitions" in msg:
+            st["partitions"] = msg["partitions"]
+        st["status_seq"] = msg.get("seq", st["status_seq"] + 1)
+        await writer.submit(self.host_id, self.connection_id,
+                            {**st, "last_seen": timezone.now(), "online": True})
+
+    async def on_pong(self, msg):
+        await writer.submit(self.host_id, self.connection_id,
+                            {**self.state, "last_seen": timezone.now(), "online": True})
+
+    async def on_event(self, msg):
+        await self._event(msg)
+
+    @database_sync_to_async
+    def _event(self, msg):
+        from .models import Event, Host, _host_changed
+
+        data = msg.get("data") or {}
+        with transaction.atomic():
+            if msg["kind"] == "policy_applied":
+                revision = data.get("revision")
+                if not isinstance(revision, int) or isinstance(revision, bool):
+                    return
+                fields = {"policy_revision": revision}
+                if isinstance(data.get("channel"), str):
+                    fields["channel"] = data["channel"][:16]
+                if isinstance(data.get("reboot_strategy"), str):
+                    fields["reboot_strategy"] = data["reboot_strategy"][:16]
+                if Host.objects.filter(pk=self.host_id).exclude(policy_revision=revision).update(**fields):
+                    Event.objects.record(self.organization_id, EventKind.POLICY_APPLIED,
+                                         f"Host {self.hostname} applied policy revision {revision}: "
+                                         f"channel {fields.get('channel', '?')}, "
+                                         f"strategy {fields.get('reboot_strategy', '?')}",
+                                         host_id=self.host_id, group_id=self.group_id, data=data)
+                    transaction.on_commit(lambda: _host_changed(self.organization_id, self.host_id))
+                return
+            Event.objects.record(self.organization_id, EventKind.AGENT_EVENT,
+                                 f"Host {self.hostname}: {msg['kind']}"
+                                 + (f": {msg['message'][:300]}" if msg.get("message") else ""),
+                                 host_id=self.host_id, group_id=self.group_id,
+                                 data={"kind": msg["kind"], **data})
+
+    @database_sync_to_async
+    def _mark_offline(self, code):
+        from .models import Event, Host, _host_changed
+
+        with transaction.atomic():
+            # Only this connection may mark the host offline (a newer one may have taken over).
+            if Host.objects.filter(pk=self.host_id, connection_id=self.connection_id).update(
+                    online=False, connection_id=None, last_seen=timezone.now()):
+                Event.objects.record(self.organization_id, EventKind.DISCONNECTED,
+                                     f"Host {self.hostname} disconnected (code {code})",
+                                     host_id=self.host_id, group_id=self.group_id, data={"code": code})
+                transaction.on_commit(lambda: _host_changed(self.organization_id, self.host_id))
