@@ -117,7 +117,26 @@ def make_ext_image(src_dir: str | os.PathLike | None, output: str | os.PathLike,
         _run([mkfs, "-q", "-F", "-L", label, "-U", fs_uuid, "-E", f"hash_seed={hash_seed},root_owner=0:0",
               "-d", str(staging), str(output)],
              env={"E2FSPROGS_FAKE_TIME": str(epoch), "SOURCE_DATE_EPOCH": str(epoch)})
+        _clamp_ctimes(output, staging, epoch)
     return output
+
+
+def _clamp_ctimes(image: Path, staging: Path, epoch: int) -> None:
+    """``mkfs -d`` copies each file's ctime, which nobody can set: rewrite them all with debugfs."""
+    debugfs = find_tool("debugfs")
+    paths = ["/"]
+    for dirpath, dirnames, filenames in os.walk(staging):
+        for name in sorted(dirnames + filenames):
+            paths.append("/" + os.path.relpath(os.path.join(dirpath, name), staging))
+    with tempfile.NamedTemporaryFile("w", suffix=".debugfs", delete=False) as fh:
+        for path in paths:
+            quoted = '"' + path.replace('"', '\\"') + '"' if any(c in path for c in ' \t"') else path
+            fh.write(f"sif {quoted} ctime @{epoch}\n")
+        cmdfile = fh.name
+    try:
+        _run([debugfs, "-w", "-f", cmdfile, str(image)], env={"E2FSPROGS_FAKE_TIME": str(epoch)})
+    finally:
+        os.unlink(cmdfile)
 
 
 def release_text(version: str, board: str = BOARD, appid: str = APPID) -> str:

@@ -1,0 +1,133 @@
+"""``agent`` CLI: a thin click layer → :class:`agent.config.Config` → :class:`agent.agent.Agent`."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+
+import click
+
+from agent import disk as gptdisk
+from agent.config import (
+    AGENT_VERSION, DEFAULT_STATE_DIR, EXIT_ERROR, AgentError, Config, load_state,
+)
+from agent.host import HostError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"agent: error: {message}", err=True)
+    sys.exit(code)
+
+
+def expected_errors(func):
+    """Turn expected failures into one stderr line and a named exit code (no traceback)."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except AgentError as exc:
+            _fail(exc.message, exc.exit_code)
+        except (HostError, gptdisk.GptError) as exc:
+            _fail(str(exc), EXIT_ERROR)
+        except PermissionError as exc:
+            _fail(f"permission denied: {exc.filename or exc}; run as root or choose other paths", EXIT_ERROR)
+    return wrapper
+
+
+state_dir_option = click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True,
+                                type=click.Path(file_okay=False), help="where the credential and state live")
+
+
+@click.group()
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.version_option(AGENT_VERSION, prog_name="agent")
+def cli(log_level: str) -> None:
+    """Fleetweb host agent."""
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+@cli.command()
+@click.option("--server", required=True, help="Fleetweb base URL, e.g. https://fleet.example.com")
+@click.option("--token", required=True, help="enrollment token")
+@state_dir_option
+@click.option("--disk", default=None, help="disk (block device or image) holding USR-A [default: found by label]")
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False),
+              help="root of the host's files (/etc/machine-id, /etc/coreos/update.conf)")
+@click.option("--machine-id", default=None, help="machine id to write when <root>/etc/machine-id is missing")
+@click.option("--hostname", default=None, help="hostname to report [default: the host's]")
+@expected_errors
+def register(server, token, state_dir, disk, root, machine_id, hostname) -> None:
+    """Enroll this host with a token; stores the credential in the state dir."""
+    from agent.register import register as do_register
+    config = do_register(server, token, state_dir, disk=disk, root=root, machine_id=machine_id, hostname=hostname)
+    click.echo(f"registered host {config.host_id} with {config.server}"
+               f"{f' (group {config.group})' if config.group else ''}; state in {config.state_dir}")
+
+
+@cli.command()
+@state_dir_option
+@click.option("--once", is_flag=True, help="connect, apply the policy, send one status, exit")
+@expected_errors
+def run(state_dir, once) -> None:
+    """Connect to the server and follow its policy (until SIGTERM/SIGINT)."""
+    from agent.agent import Agent
+    config = Config.load(state_dir)
+    sys.exit(Agent(config, once=once).run())
+
+
+def local_status(state_dir: str) -> dict:
+    config = Config.load(state_dir)
+    host = config.host()
+    state = load_state(config.state_dir)
+    out: dict = {
+        "host_id": config.host_id, "server": config.server, "ws_url": config.ws_url,
+        "machine_id": config.machine_id, "hostname": config.hostname, "group": config.group, "org": config.org,
+        "disk": config.disk, "root": config.root, "agent_version": AGENT_VERSION,
+        "update_conf": {k: host.update_conf().get(k) for k in ("GROUP", "SERVER", "REBOOT_STRATEGY")},
+        "policy_revision": state.get("policy_revision"), "policy": state.get("policy"),
+    }
+    try:
+        host.check_disk()
+        partitions = host.partitions()
+        active = next((p for p in partitions if p["active"]), None)
+        out.update(boot_id=host.boot_id(), simulated=host.simulated,
+                   active_partition=active["label"] if active else None,
+                   version=active["version"] if active else None, partitions=partitions, disk_error=None)
+    except (HostError, gptdisk.GptError, OSError) as exc:
+        out.update(boot_id=None, simulated=None, active_partition=None, version=None, partitions=[],
+                   disk_error=str(exc))
+    return out
+
+
+@cli.command()
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@expected_errors
+def status(state_dir, as_json) -> None:
+    """Show the local view (no server contact)."""
+    info = local_status(state_dir)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, sort_keys=True))
+        return
+    rows = [("host id", info["host_id"]), ("server", info["server"]), ("machine id", info["machine_id"]),
+            ("hostname", info["hostname"]), ("boot id", info["boot_id"]), ("disk", info["disk"]),
+            ("active", f"{info['active_partition']} ({info['version']})" if info["active_partition"] else "unknown"),
+            ("GROUP", info["update_conf"]["GROUP"]), ("SERVER", info["update_conf"]["SERVER"]),
+            ("REBOOT_STRATEGY", info["update_conf"]["REBOOT_STRATEGY"]),
+            ("policy revision", info["policy_revision"])]
+    for key, value in rows:
+        click.echo(f"{key + ':':<17}{'-' if value is None else value}")
+    if info["disk_error"]:
+        click.echo(f"{'disk error:':<17}{info['disk_error']}")
+    for p in info["partitions"]:
+        click.echo(f"  {'*' if p['active'] else ' '} {p['number']} {p['label']:<6} version={p['version'] or '-'} "
+                   f"priority={p['priority']} tries={p['tries']} successful={int(p['successful'])}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    cli()
