@@ -182,9 +182,9 @@ def decode(text: str | bytes, sender: str) -> dict:
     return validate(msg, sender)
 
 
-def encode(kind: str, sender: str, **fields: Any) -> str:
+def encode(msg_type: str, sender: str, /, **fields: Any) -> str:
     """Build, validate and serialise a frame (so neither side sends a bad one)."""
-    msg = {"type": kind, **fields}
+    msg = {"type": msg_type, **fields}
     validate(msg, sender)
     return json.dumps(msg, separators=(",", ":"))
 

@@ -1,0 +1,120 @@
+"""The agent websocket: authentication, validation of every frame, persistence."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from agent import protocol
+from fleetweb.asgi import application
+from fleetweb.fleet.models import Event, Host
+from tests.conftest import partitions
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def hello(**over):
+    msg = {"type": "hello", "machine_id": "m", "boot_id": "boot-1", "hostname": "web-1", "agent_version": "0.1.0",
+           "version": "100.0.0", "partitions": partitions(), "update_status": "IDLE", "group": "stable",
+           "reboot_strategy": "best-effort", "policy_revision": 0}
+    msg.update(over)
+    return msg
+
+
+async def connect(credential):
+    headers = [(b"authorization", f"Bearer {credential}".encode())] if credential else []
+    comm = WebsocketCommunicator(application, "/ws/agent/", headers=headers)
+    connected, _ = await comm.connect()
+    assert connected
+    return comm
+
+
+@pytest.fixture
+def host(web_group, make_host):
+    return make_host(web_group, hostname="web-1")
+
+
+async def test_it_closes_a_bad_credential_with_4401(host):
+    for credential in ("fwh_000000000000_nope", host.credential + "x", None):
+        comm = await connect(credential)
+        frame = json.loads(await comm.receive_from())
+        assert frame == {"type": "error", "code": "unauthorized", "message": "invalid or revoked credential"}
+        out = await comm.receive_output()
+        assert out == {"type": "websocket.close", "code": protocol.CLOSE_UNAUTHORIZED}
+
+
+async def test_it_answers_hello_with_the_group_policy_and_persists_the_host(host):
+    comm = await connect(host.credential)
+    await comm.send_to(text_data=json.dumps(hello(partitions=partitions(version_b="99.0.0"))))
+    policy = json.loads(await comm.receive_from())
+    assert policy["type"] == "policy" and policy["channel"] == "stable" and policy["group"] == "web"
+    assert policy["reboot_strategy"] == "best-effort"
+    protocol.validate(policy, "server")
+    stored = await Host.objects.aget(pk=host.pk)
+    assert stored.online and stored.boot_id == "boot-1" and stored.partitions[1]["version"] == "99.0.0"
+    await comm.disconnect()
+    stored = await Host.objects.aget(pk=host.pk)
+    assert stored.online is False
+    assert await Event.objects.filter(host_id=host.pk, kind="disconnected").aexists()
+
+
+@pytest.mark.parametrize("frame,code", [
+    ("{not json", "malformed"),
+    ("[1, 2]", "malformed"),
+    ('{"type": "selfdestruct"}', "unknown_type"),
+    ('{"type": "hello", "hostname": 5}', "invalid"),
+    (json.dumps(hello(partitions=[{"label": "USR-A"}])), "invalid"),
+    (json.dumps(hello(update_status="PARTYING")), "invalid"),
+    ("x" * (protocol.MAX_FRAME_BYTES + 1), "too_large"),
+    (json.dumps({"type": "status", "update_status": "IDLE"}), "not_ready"),
+])
+async def test_it_refuses_bad_frames_with_an_error_and_stores_nothing(host, frame, code):
+    before = await Host.objects.aget(pk=host.pk)
+    events = await Event.objects.acount()
+    comm = await connect(host.credential)
+    await comm.send_to(text_data=frame)
+    reply = json.loads(await comm.receive_from())
+    assert reply["type"] == "error" and reply["code"] == code, reply
+    after = await Host.objects.aget(pk=host.pk)
+    assert (after.hostname, after.partitions, after.online, after.last_seen) == \
+        (before.hostname, before.partitions, before.online, before.last_seen)
+    assert await Event.objects.acount() == events
+    await comm.disconnect()
+
+
+async def test_it_persists_status_frames_and_policy_acknowledgements(host):
+    comm = await connect(host.credential)
+    await comm.send_to(text_data=json.dumps(hello()))
+    policy = json.loads(await comm.receive_from())
+    await comm.send_to(text_data=protocol.encode("status", "agent", update_status="IDLE", seq=7))
+    await comm.send_to(text_data=protocol.encode(
+        "event", "agent", kind="policy_applied",
+        data={"revision": policy["revision"], "channel": "stable", "reboot_strategy": "best-effort"}))
+    await comm.send_to(text_data=protocol.encode("pong", "agent", nonce="n"))  # flushes ordering
+    import asyncio
+
+    for _ in range(50):
+        stored = await Host.objects.select_related("group").aget(pk=host.pk)
+        if stored.status_seq == 7 and stored.policy_revision == policy["revision"]:
+            break
+        await asyncio.sleep(0.05)
+    assert stored.status_seq == 7
+    assert stored.policy_applied
+    assert await Event.objects.filter(host_id=host.pk, kind="policy_applied").acount() == 1
+    await comm.disconnect()
+
+
+async def test_it_pushes_a_channel_switch_to_connected_agents(host, acme):
+    from asgiref.sync import sync_to_async
+
+    comm = await connect(host.credential)
+    await comm.send_to(text_data=json.dumps(hello()))
+    first = json.loads(await comm.receive_from())
+    group = await sync_to_async(lambda: host.group)()
+    beta = await acme.channels.aget(name="beta")
+    await sync_to_async(group.apply_changes)({"channel": beta}, actor="alice")
+    pushed = json.loads(await comm.receive_from(timeout=5))
+    assert pushed["type"] == "policy" and pushed["channel"] == "beta"
+    assert pushed["revision"] == first["revision"] + 1
+    await comm.disconnect()
