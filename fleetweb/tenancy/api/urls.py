@@ -1,1 +1,3 @@
+from . import schema  # noqa: F401  (registers the API-key scheme with drf-spectacular)
+
 urlpatterns = []
