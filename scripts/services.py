@@ -301,8 +301,12 @@ def _save(tag: str, services: list[Service]) -> None:
 
 
 def ensure(tag: str = "dev", *, redis: bool = True, etcd: bool = True, free_ports: bool = False,
-           redis_port: int = 6379, etcd_port: int = 2379, etcd_peer_port: int = 2380) -> dict[str, Service]:
-    """Start what is missing (recorded under TAG) and return {"redis": Service, "etcd": Service}."""
+           redis_port: int = 6379, etcd_port: int = 2379, etcd_peer_port: int = 2380,
+           free_etcd_port: bool = False) -> dict[str, Service]:
+    """Start what is missing (recorded under TAG) and return {"redis": Service, "etcd": Service}.
+
+    FREE_PORTS: private servers on free ports; otherwise the fixed ports, reusing a server that
+    already answers there. FREE_ETCD_PORT: only etcd on free ports."""
     out: dict[str, Service] = {}
     recorded = {s.name: s for s in load(tag) if s.alive()}
     try:
@@ -314,7 +318,7 @@ def ensure(tag: str = "dev", *, redis: bool = True, etcd: bool = True, free_port
         if etcd:
             s = recorded.get("etcd")
             out["etcd"] = s if s and etcd_healthy(s.url) else (
-                start_etcd(None, None, reuse=False) if free_ports else
+                start_etcd(None, None, reuse=False) if free_ports or free_etcd_port else
                 start_etcd(etcd_port, etcd_peer_port, reuse=True, data_dir=VAR / "etcd"))
     except Exception:
         for s in out.values():
@@ -394,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     p_start = sub.add_parser("start", help="start Redis and etcd unless reachable; print their URLs")
     p_start.add_argument("--tag", default="dev", help="name of this set (state in var/run/services-TAG.json)")
     p_start.add_argument("--free-ports", action="store_true", help="private servers on free ports (tests)")
+    p_start.add_argument("--free-etcd-port", action="store_true", help="only etcd on free ports")
     p_start.add_argument("--redis-port", type=int, default=6379)
     p_start.add_argument("--etcd-port", type=int, default=2379)
     p_start.add_argument("--etcd-peer-port", type=int, default=2380)
@@ -410,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             services = ensure(args.tag, redis=not args.no_redis, etcd=not args.no_etcd,
                               free_ports=args.free_ports, redis_port=args.redis_port,
-                              etcd_port=args.etcd_port, etcd_peer_port=args.etcd_peer_port)
+                              etcd_port=args.etcd_port, etcd_peer_port=args.etcd_peer_port,
+                              free_etcd_port=args.free_etcd_port)
         except ServiceError as exc:
             print(f"services: error: {exc}", file=sys.stderr)
             return 1

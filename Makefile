@@ -1,0 +1,76 @@
+# Fleetweb: `make run` (local stack, the demo) and `make test` (the whole suite) set themselves up.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.stamp
+
+# command -> Debian package that provides it
+SYSTEM_DEPS := \
+	redis-server:redis-server \
+	etcd:etcd-server \
+	etcdctl:etcd-client \
+	mkfs.ext4:e2fsprogs \
+	mkfs.vfat:dosfstools \
+	mcopy:mtools \
+	sfdisk:fdisk \
+	mksquashfs:squashfs-tools \
+	qemu-img:qemu-utils \
+	chromium:chromium
+
+.PHONY: help deps system-deps run test bench lint clean distclean
+
+help:
+	@echo "make run    - full local stack (web, worker, beat, Redis, etcd, 3 simulated hosts)"
+	@echo "make test   - the whole test suite (starts its own Redis/etcd when needed)"
+	@echo "make deps   - Debian tools + .venv (idempotent)"
+	@echo "make bench  - benchmarks (FLEET_BENCH=1)"
+	@echo "make lint   - ruff"
+	@echo "make clean  - stop recorded services, remove caches and runtime files (keeps the DB)"
+	@echo "make distclean - clean + remove var/ and .venv"
+
+deps: system-deps $(STAMP)
+
+# apt-get only for commands that are missing; `apt-get update` only then.
+system-deps:
+	@missing=""; \
+	for pair in $(SYSTEM_DEPS); do \
+		cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+		command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || [ -x /sbin/$$cmd ] || missing="$$missing $$pkg"; \
+	done; \
+	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		echo "deps: installing Debian packages:$$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): requirements.txt pyproject.toml | $(PY)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+run: deps
+	$(PY) scripts/devstack.py
+
+test: deps
+	scripts/test.sh
+
+bench: deps
+	FLEET_BENCH=1 scripts/test.sh -m bench
+
+lint: deps
+	$(VENV)/bin/ruff check .
+
+clean:
+	-@[ -x $(PY) ] && $(PY) scripts/services.py stop --tag dev >/dev/null 2>&1 || true
+	rm -rf .pytest_cache .ruff_cache build var/run var/log var/tmp
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf var $(VENV) *.egg-info
