@@ -201,7 +201,7 @@ class EnrollmentTokenManager(models.Manager):
     def redeem(self, secret: str) -> "EnrollmentToken":
         """Use up one enrollment of the token or raise EnrollmentError.  Call in a transaction."""
         lookup = secrets.split(secret, "fwe")
-        token = (self.select_related("group", "group__channel", "organization").filter(lookup=lookup).first()
+        token = (self.select_related("group__channel", "group__organization").filter(lookup=lookup).first()
                  if lookup else None)
         if token is None or not secrets.matches(secret, token.digest):
             raise EnrollmentError("token_invalid", "The enrollment token is not valid: check it was copied whole.")
@@ -281,9 +281,12 @@ class HostManager(models.Manager):
         """
         token = EnrollmentToken.objects.redeem(token_secret)
         now = timezone.now()
-        host, created = self.select_for_update().get_or_create(
-            organization_id=token.organization_id, machine_id=machine_id,
-            defaults={"group": token.group, "hostname": hostname, "registered_at": now})
+        # One INSERT for a new machine (no get_or_create savepoint + UPDATE: enrollment is hot).
+        # Two first registrations of one machine racing: the loser's unique violation rolls back.
+        host = self.select_for_update().filter(organization_id=token.organization_id, machine_id=machine_id).first()
+        created = host is None
+        if created:
+            host = self.model(organization_id=token.organization_id, machine_id=machine_id, registered_at=now)
         host.group = token.group
         host.hostname = hostname
         host.agent_version = agent_version
@@ -294,7 +297,7 @@ class HostManager(models.Manager):
         host.reboot_strategy = reboot_strategy or ""
         host.address = address
         host.policy_revision = 0
-        host.save()
+        host.save(force_insert=created)
         if not created:
             HostCredential.objects.filter(host=host, revoked_at__isnull=True).update(revoked_at=now)
         new = secrets.new_secret("fwh")
