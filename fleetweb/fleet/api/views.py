@@ -58,13 +58,12 @@ class RegisterView(APIView):
         body = RegisterSerializer(data=request.data)
         body.is_valid(raise_exception=True)  # before the token is redeemed: a bad body uses nothing up
         data = body.validated_data
-        try:
-            with transaction.atomic():
-                host, credential = Host.objects.register(
-                    data["token"], machine_id=data["machine_id"], hostname=data["hostname"],
-                    agent_version=data["agent_version"], boot_id=data["boot_id"], version=data["version"],
-                    partitions=data["partitions"], channel=data["channel"],
-                    reboot_strategy=data["reboot_strategy"], address=client_address(request))
+        try:  # one transaction: a failure after the token is redeemed gives the use back
+            host, credential = Host.objects.register(
+                data["token"], machine_id=data["machine_id"], hostname=data["hostname"],
+                agent_version=data["agent_version"], boot_id=data["boot_id"], version=data["version"],
+                partitions=data["partitions"], channel=data["channel"],
+                reboot_strategy=data["reboot_strategy"], address=client_address(request))
         except EnrollmentError as exc:
             raise TokenRejected(exc) from None
         return Response({"host_id": str(host.pk), "credential": credential, "ws_url": agent_ws_url(),
