@@ -42,12 +42,14 @@ state_dir_option = click.option("--state-dir", default=DEFAULT_STATE_DIR, show_d
 
 
 @click.group()
-@click.option("--log-level", default="info", show_default=True,
+@click.option("--log-level", default=None, help="[default: info for run, warning otherwise]",
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 @click.version_option(AGENT_VERSION, prog_name="agent")
-def cli(log_level: str) -> None:
+@click.pass_context
+def cli(ctx: click.Context, log_level: str | None) -> None:
     """Fleetweb host agent."""
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format=LOG_FORMAT)
+    level = log_level or ("info" if ctx.invoked_subcommand == "run" else "warning")
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format=LOG_FORMAT)
     logging.getLogger("websockets").setLevel(logging.WARNING)
 
 
