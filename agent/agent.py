@@ -220,9 +220,9 @@ class Agent:
             fields["policy_revision"] = self.state["policy_revision"]
         return protocol.encode("hello", "agent", **fields)
 
-    async def send(self, kind: str, **fields) -> None:
+    async def send(self, frame_type: str, **fields) -> None:
         assert self.conn is not None
-        await self.conn.send(protocol.encode(kind, "agent", **fields))
+        await self.conn.send(protocol.encode(frame_type, "agent", **fields))
 
     async def send_status(self) -> None:
         partitions = await asyncio.to_thread(self.host.partitions)

@@ -33,3 +33,7 @@ def disk_cmd(output: str, version: str, size_mib: int, usr_size_mib: int, rootfs
         click.echo(f"{p.number:>2} {p.label:<11} {p.first_lba:>8}-{p.last_lba:<8} prio={p.priority} "
                    f"tries={p.tries} successful={int(p.successful)}")
     click.echo(f"wrote {output} ({size_mib} MiB, version {version})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    cli()
