@@ -15,8 +15,18 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from agent import protocol
 from agent.config import (
-    AGENT_VERSION, DEFAULT_HEARTBEAT, EXIT_DISK_MISSING, EXIT_HANDSHAKE_TIMEOUT, EXIT_OK, EXIT_SERVER_UNREACHABLE,
-    EXIT_UNAUTHORIZED, POLICY_TIMEOUT, AgentError, Config, load_state, save_state,
+    AGENT_VERSION,
+    DEFAULT_HEARTBEAT,
+    EXIT_DISK_MISSING,
+    EXIT_HANDSHAKE_TIMEOUT,
+    EXIT_OK,
+    EXIT_SERVER_UNREACHABLE,
+    EXIT_UNAUTHORIZED,
+    POLICY_TIMEOUT,
+    AgentError,
+    Config,
+    load_state,
+    save_state,
 )
 from agent.connection import AuthRejected, Backoff, Connection, State, is_auth_close
 from agent.host import DiskMissing

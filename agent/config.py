@@ -16,7 +16,7 @@ from agent import updateconf
 from agent.host import Host
 
 try:
-    from importlib.metadata import PackageNotFoundError, version as _pkg_version
+    from importlib.metadata import version as _pkg_version
     AGENT_VERSION = _pkg_version("fleetweb")
 except Exception:  # PackageNotFoundError, or metadata unavailable
     AGENT_VERSION = "0.1.0"

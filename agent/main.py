@@ -10,7 +10,12 @@ import click
 
 from agent import disk as gptdisk
 from agent.config import (
-    AGENT_VERSION, DEFAULT_STATE_DIR, EXIT_ERROR, AgentError, Config, load_state,
+    AGENT_VERSION,
+    DEFAULT_STATE_DIR,
+    EXIT_ERROR,
+    AgentError,
+    Config,
+    load_state,
 )
 from agent.host import HostError
 

@@ -12,8 +12,15 @@ from pathlib import Path
 
 from agent import disk as gptdisk
 from agent.config import (
-    AGENT_VERSION, EXIT_DISK_MISSING, EXIT_MACHINE_ID_MISSING, EXIT_REGISTER_REJECTED, EXIT_SERVER_ERROR,
-    EXIT_SERVER_UNREACHABLE, TOKEN_ERROR_EXITS, AgentError, Config,
+    AGENT_VERSION,
+    EXIT_DISK_MISSING,
+    EXIT_MACHINE_ID_MISSING,
+    EXIT_REGISTER_REJECTED,
+    EXIT_SERVER_ERROR,
+    EXIT_SERVER_UNREACHABLE,
+    TOKEN_ERROR_EXITS,
+    AgentError,
+    Config,
 )
 from agent.host import DiskMissing, Host
 

@@ -242,7 +242,7 @@ def assemble_disk(output: str | os.PathLike, total_bytes: int, parts: list[PartS
         lba = last + 1
     fd = os.open(output, os.O_RDWR)
     try:
-        for spec, p in zip(parts, table.partitions):
+        for spec, p in zip(parts, table.partitions, strict=True):
             if spec.image is not None:
                 _copy_sparse(Path(spec.image), fd, p.offset(table.sector_size), p.size(table.sector_size))
     finally:

@@ -1,7 +1,6 @@
 """``agent run`` against a tiny in-test websockets server on 127.0.0.1 (the real server is tested elsewhere)."""
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
