@@ -78,9 +78,12 @@ MESSAGES: dict[str, dict[str, dict[str, tuple[tuple[type, ...], bool]]]] = {
             "partitions": (_LIST, False),
             "progress": (_NUM, False),
             "seq": (_INT, False),
+            "rollout": (_INT, False),
+            "target_version": (_OPT_STR, False),
         },
         "event": {
-            "kind": (_STR, True),                 # e.g. policy_applied, update_error
+            # policy_applied, update_installed, booted_new_version, rollback, update_error, ...
+            "kind": (_STR, True),
             "message": (_STR, False),
             "data": (_DICT, False),
         },
@@ -99,6 +102,9 @@ MESSAGES: dict[str, dict[str, dict[str, tuple[tuple[type, ...], bool]]]] = {
             "etcd_endpoints": (_LIST, False),
             "lock_group": (_STR, False),
             "heartbeat_interval": (_NUM, False),
+            "updates_enabled": (_BOOL, False),
+            "signing_key": (_OPT_STR, False),     # base64 Ed25519 public key (pinned on first use)
+            "signing_key_id": (_OPT_STR, False),
         },
         "update": {
             "version": (_STR, True),
@@ -106,6 +112,8 @@ MESSAGES: dict[str, dict[str, dict[str, tuple[tuple[type, ...], bool]]]] = {
             "size": (_INT, True),
             "sha256": (_STR, True),
             "signature": (_STR, True),
+            "rollout": (_INT, False),             # the rollout this grant belongs to
+            "allow_downgrade": (_BOOL, False),    # only for an explicit channel rollback
         },
         "command": {
             "command": (_STR, True),

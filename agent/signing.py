@@ -1,0 +1,65 @@
+"""Release signatures: one definition of what is signed, for the server and the agent.
+
+A release is signed with the organization's Ed25519 key over a short canonical message that
+binds the version, the payload size and its SHA-256.  The agent checks the signature with the
+key it pinned on first use *before* it downloads into, or touches, a partition, and checks the
+downloaded bytes against size and digest before it changes the partition table.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+SCHEME = "fleetweb-release-v1"
+
+
+class SignatureError(ValueError):
+    pass
+
+
+def release_message(version: str, size: int, sha256: str) -> bytes:
+    return f"{SCHEME}\nversion={version}\nsize={int(size)}\nsha256={sha256.lower()}\n".encode()
+
+
+def key_id(public_key_b64: str) -> str:
+    return hashlib.sha256(base64.b64decode(public_key_b64)).hexdigest()[:16]
+
+
+def generate() -> tuple[bytes, str]:
+    """A new key: (raw 32-byte private key, base64 public key)."""
+    private = Ed25519PrivateKey.generate()
+    public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
+
+    raw = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    return raw, base64.b64encode(public).decode()
+
+
+def sign(private_raw: bytes, version: str, size: int, sha256: str) -> str:
+    key = Ed25519PrivateKey.from_private_bytes(private_raw)
+    return base64.b64encode(key.sign(release_message(version, size, sha256))).decode()
+
+
+def verify(public_key_b64: str, signature_b64: str, version: str, size: int, sha256: str) -> None:
+    """Raise SignatureError unless the signature matches; never returns False silently."""
+    try:
+        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key_b64, validate=True))
+        sig = base64.b64decode(signature_b64, validate=True)
+    except (ValueError, TypeError) as exc:
+        raise SignatureError(f"malformed key or signature: {exc}") from None
+    try:
+        key.verify(sig, release_message(version, size, sha256))
+    except InvalidSignature:
+        raise SignatureError(f"signature does not match release {version} ({sha256[:12]}…)") from None
+
+
+def version_key(version: str) -> tuple:
+    """Order versions like 100.0.0 < 100.0.10 < 101.0.0 (numeric parts numerically)."""
+    out = []
+    for part in version.replace("-", ".").replace("+", ".").split("."):
+        out.append((0, int(part), "") if part.isdigit() else (1, 0, part))
+    return tuple(out)
