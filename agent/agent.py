@@ -41,6 +41,9 @@ SESSION_REBOOT = "reboot"      # simulated reboot: reconnect right away with a n
 SESSION_DROPPED = "dropped"    # the server closed or the network failed: back off
 
 
+STABLE_SECONDS = 60.0          # READY this long counts as a good connection (backoff resets)
+
+
 class HandshakeTimeout(Exception):
     pass
 
@@ -57,6 +60,7 @@ class Agent:
         self.conn: Connection | None = None
         self.seq = 0
         self._policy_event: asyncio.Event | None = None
+        self._ready_at: float | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def run(self) -> int:
@@ -141,6 +145,11 @@ class Agent:
                 if outcome == SESSION_REBOOT:
                     self.backoff.reset()
                     continue
+                # Only a connection that stayed up for a while resets the backoff: a server that
+                # accepts and drops us right away must not be hammered.
+                if self._ready_at is not None and \
+                        asyncio.get_running_loop().time() - self._ready_at >= STABLE_SECONDS:
+                    self.backoff.reset()
                 delay = self.backoff.next_delay()
             finally:
                 if self.conn is not None and self.conn.state is not State.DISCONNECTED:
@@ -155,6 +164,7 @@ class Agent:
     async def session(self) -> str:
         assert self.should_exit is not None
         self.conn = conn = Connection(self.config.ws_url, self.config.credential)
+        self._ready_at = None
         await conn.open()
         self._policy_event = asyncio.Event()
         await conn.send(await self.hello_frame())
@@ -166,7 +176,7 @@ class Agent:
             while True:
                 if heartbeat is None and self._policy_event.is_set():
                     conn.transition(State.READY, f"policy revision {self.state.get('policy_revision')} applied")
-                    self.backoff.reset()
+                    self._ready_at = asyncio.get_running_loop().time()
                     await self.send_status()
                     if self.once:
                         await conn.close(1000, "--once done")

@@ -1,0 +1,30 @@
+"""Backoff of the connection state machine (agent/connection.py)."""
+from __future__ import annotations
+
+import random
+
+from agent.connection import Backoff, Connection, State
+
+
+def test_it_backs_off_exponentially_with_jitter_up_to_the_cap():
+    b = Backoff(initial=1, cap=60, rng=random.Random(1))
+    delays = [b.next_delay() for _ in range(10)]
+    bases = [min(60, 2 ** i) for i in range(10)]
+    assert all(base / 2 <= d <= base for d, base in zip(delays, bases, strict=True))
+    assert max(delays) <= 60 and delays[-1] >= 30
+    b.reset()
+    assert b.next_delay() <= 1
+
+
+def test_it_waits_long_after_an_auth_failure():
+    b = Backoff(rng=random.Random(2))
+    assert all(60 <= b.auth_delay() <= 300 for _ in range(20))
+
+
+def test_it_starts_disconnected_and_logs_each_transition(caplog):
+    conn = Connection("ws://127.0.0.1:1/", "cred")
+    assert conn.state is State.DISCONNECTED
+    with caplog.at_level("INFO", logger="agent.connection"):
+        conn.transition(State.CONNECTING, "test")
+        conn.transition(State.CONNECTING, "again")          # no-op, no line
+    assert [r.getMessage() for r in caplog.records] == ["connection DISCONNECTED -> CONNECTING (test)"]
