@@ -9,6 +9,7 @@ from django.utils.text import slugify
 
 from fleetweb.updates.models import Channel
 
+from .choices import RebootStrategy
 from .models import Group
 
 
@@ -50,6 +51,11 @@ class GroupSettingsForm(forms.ModelForm):
         widgets = {"reboot_window_start": forms.TextInput(attrs={"placeholder": "sat 04:00"}),
                    "reboot_window_length": forms.TextInput(attrs={"placeholder": "2h"}),
                    "max_concurrent_reboots": forms.NumberInput(attrs={"min": 1})}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Operators know the locksmith names: show them first, the explanation after.
+        self.fields["reboot_strategy"].choices = [(v, f"{v} — {label}") for v, label in RebootStrategy.choices]
 
 
 class TokenForm(forms.Form):

@@ -42,12 +42,12 @@ def event_label(kind: str) -> str:
 # The CoreOS GPT layout (DESIGN §4), drawn left to right.  Widths are for reading, not to scale.
 DISK_LAYOUT = [
     (1, "EFI-SYSTEM", "vfat · boot", 96),
-    (2, "BIOS-BOOT", "grub", 70),
+    (2, "BIOS-BOOT", "grub", 82),
     (3, "USR-A", "/usr (ro)", 250),
     (4, "USR-B", "/usr (ro)", 250),
     (6, "OEM", "ext4", 76),
     (7, "OEM-CONFIG", "", 92),
-    (9, "ROOT", "ext4 · grown to disk", 216),
+    (9, "ROOT", "ext4 · grown to disk", 204),
 ]
 DISK_PAD, DISK_GAP = 10, 6
 
