@@ -162,7 +162,7 @@ def annotate_groups(queryset):
     return queryset.select_related("channel").annotate(
         hosts_count=models.Count("hosts"),
         hosts_applied=models.Count("hosts", filter=models.Q(hosts__policy_revision__gte=models.F("policy_revision"))),
-    )
+    ).order_by("name", "id")  # Meta.ordering does not apply to aggregating queries
 
 
 # ---------------------------------------------------------------------------------------------

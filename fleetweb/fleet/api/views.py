@@ -119,23 +119,12 @@ class GroupViewSet(OrganizationScoped, mixins.ListModelMixin, mixins.RetrieveMod
         group.slug = slugify(group.name)[:100] or "group"
         group.full_clean()  # the reboot window and the slug's uniqueness are the model's rules
         group.save()
-        serializer.instance = group
+        serializer.instance = self.get_queryset().get(pk=group.pk)  # with its counts
 
     def perform_update(self, serializer):
-        serializer.instance.apply_changes(dict(serializer.validated_data), actor=self.actor)
-
-    def _refetch(self, pk):
-        return self.get_queryset().get(pk=pk)
-
-    def create(self, request, *args, **kwargs):
-        response = super().create(request, *args, **kwargs)
-        response.data = self.get_serializer(self._refetch(response.data["id"])).data
-        return response
-
-    def update(self, request, *args, **kwargs):
-        response = super().update(request, *args, **kwargs)
-        response.data = self.get_serializer(self._refetch(kwargs["pk"])).data
-        return response
+        group = serializer.instance
+        group.apply_changes(dict(serializer.validated_data), actor=self.actor)
+        serializer.instance = self.get_queryset().get(pk=group.pk)
 
 
 # ---------------------------------------------------------------------------------------------
