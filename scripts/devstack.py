@@ -1,0 +1,430 @@
+#!/usr/bin/env python3
+"""``make run``: the whole Fleetweb stack on this machine, in the foreground, with three simulated hosts.
+
+Steps: Redis + etcd (reused when already answering), migrate, bootstrap the demo organization,
+then web (uvicorn), worker, beat and ``agent run`` for demo-host-1..3 on disk images built by
+``imagebuilder disk``. A second run reuses the database, disks and registrations under ``var/``.
+Ctrl-C or SIGTERM stops every child (its process group), and the Redis/etcd this script started.
+
+Run it with the virtualenv's interpreter (``.venv/bin/python scripts/devstack.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import services  # noqa: E402  (scripts/services.py, stdlib only)
+
+ROOT = services.ROOT
+VAR = services.VAR
+DEMO = VAR / "demo"
+BIN = Path(sys.executable).parent
+ORG, USER, GROUP = "demo", "admin", "web"
+VERSION = "100.0.0"
+
+EXIT_NOT_REGISTERED, EXIT_UNAUTHORIZED = 40, 41   # agent/config.py
+TOKEN_EXITS = {10, 11, 12, 13}                     # invalid, expired, revoked, exhausted token
+
+_print_lock = threading.Lock()
+_COLORS = ["36", "33", "35", "32", "34", "31", "96", "93", "95"]
+_color_of: dict[str, str] = {}
+USE_COLOR = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def say(name: str, text: str) -> None:
+    color = _color_of.setdefault(name, _COLORS[len(_color_of) % len(_COLORS)])
+    prefix = f"{name:<12}|"
+    if USE_COLOR:
+        prefix = f"\033[{color}m{prefix}\033[0m"
+    with _print_lock:
+        for line in text.splitlines() or [""]:
+            sys.stdout.write(f"{prefix} {line}\n")
+        sys.stdout.flush()
+
+
+def _die_with_parent() -> None:
+    """Child pre-exec: SIGTERM if devstack itself dies without cleaning up (PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+class Child:
+    """One long-running process, in its own process group, its output prefixed with NAME."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], critical: bool = True):
+        self.name, self.cmd, self.env, self.critical = name, cmd, env, critical
+        self.proc: subprocess.Popen | None = None
+        self.reader: threading.Thread | None = None
+        self.restarts = 0
+        self.next_start = 0.0
+
+    def start(self) -> None:
+        say("devstack", f"starting {self.name}: {' '.join(self.cmd)}")
+        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True, preexec_fn=_die_with_parent)
+        self.reader = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
+        self.reader.start()
+
+    def _pump(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            say(self.name, raw.decode(errors="replace").rstrip("\n"))
+        proc.stdout.close()
+
+    def poll(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
+    def wait(self, timeout: float) -> bool:
+        if self.proc is None:
+            return True
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        if self.reader:
+            self.reader.join(2)
+        return True
+
+
+def run_step(name: str, cmd: list[str], env: dict[str, str], timeout: float = 600) -> tuple[int, str]:
+    """Run a set-up command to completion; its output is shown prefixed and returned."""
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=timeout, start_new_session=True)
+    out = proc.stdout.decode(errors="replace")
+    if out.strip():
+        say(name, out.rstrip("\n"))
+    return proc.returncode, out
+
+
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, urllib.error.URLError):
+        return None
+
+
+class Stack:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.port = args.port
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.children: list[Child] = []
+        self.agents: dict[str, Child] = {}
+        self.stopping = False
+        self.started_services = False
+        self.exit_code = 0
+        self.env: dict[str, str] = {}
+        self.pidfile: Path | None = None
+
+    # ---------------------------------------------------------------- set-up
+
+    def lock(self) -> None:
+        services.RUN_DIR.mkdir(parents=True, exist_ok=True)
+        pidfile = services.RUN_DIR / "devstack.pid"
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pidfile.read_text().split()[0])
+            if pid != os.getpid() and services.pid_alive(pid, "devstack"):
+                raise SystemExit(f"devstack: already running as pid {pid} (stop it with Ctrl-C or kill {pid})")
+        pidfile.write_text(f"{os.getpid()}\n")
+        self.pidfile = pidfile     # from here on, var/run/services-dev.json is ours to stop
+
+    def check_port(self) -> None:
+        if services.port_open(self.port):
+            raise SystemExit(f"devstack: port {self.port} on 127.0.0.1 is already in use; stop what listens "
+                             f"there or pass --port")
+
+    def ensure_services(self) -> None:
+        want_redis = not os.environ.get("REDIS_URL")
+        want_etcd = not os.environ.get("ETCD_ENDPOINTS")
+        if want_redis or want_etcd:
+            try:
+                found = services.ensure("dev", redis=want_redis, etcd=want_etcd)
+            except services.ServiceError as exc:
+                raise SystemExit(f"devstack: {exc}") from None
+            self.started_services = any(s.started for s in found.values())
+            for s in found.values():
+                how = f"started, pid {s.pid}, log {s.log}" if s.started else "already running, reused"
+                say("devstack", f"{s.name}: {s.url} ({how})")
+        else:
+            found = {}
+        env = dict(os.environ)
+        env.update(services.env_for(found))
+        env.setdefault("DATABASE_URL", f"sqlite:///{VAR / 'fleetweb.sqlite3'}")
+        env["FLEET_PUBLIC_URL"] = os.environ.get("FLEET_PUBLIC_URL", self.base_url)
+        env.setdefault("FLEET_MEDIA_ROOT", str(VAR / "media"))
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+        self.env = env
+        say("devstack", f"DATABASE_URL={env['DATABASE_URL']} REDIS_URL={env.get('REDIS_URL', '')} "
+                        f"ETCD_ENDPOINTS={env.get('ETCD_ENDPOINTS', '')} FLEET_PUBLIC_URL={env['FLEET_PUBLIC_URL']}")
+
+    def password(self) -> str:
+        path = VAR / "demo-password"
+        if not path.exists():
+            VAR.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(12) + "\n")
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def migrate_and_bootstrap(self) -> dict:
+        manage = [sys.executable, str(ROOT / "manage.py")]
+        rc, _ = run_step("migrate", manage + ["migrate", "--noinput"], self.env)
+        if rc != 0:
+            raise SystemExit(f"devstack: manage.py migrate failed (exit {rc})")
+        rc, out = run_step("bootstrap", manage + ["bootstrap", "--org", ORG, "--user", USER, "--password",
+                                                  self.password(), "--group", GROUP, "--json"], self.env)
+        if rc != 0:
+            raise SystemExit(f"devstack: manage.py bootstrap failed (exit {rc})")
+        for line in reversed(out.splitlines()):
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    data = json.loads(line)
+                except ValueError:
+                    continue
+                missing = {"org", "user", "api_key", "group", "enrollment_token"} - set(data)
+                if missing:
+                    raise SystemExit(f"devstack: bootstrap JSON lacks {sorted(missing)}")
+                path = DEMO / "bootstrap.json"
+                DEMO.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(data, indent=1) + "\n")
+                path.chmod(0o600)
+                return data
+        raise SystemExit("devstack: manage.py bootstrap --json printed no JSON object")
+
+    def prepare_host(self, i: int) -> tuple[Path, bool]:
+        """Disk image, scratch root and machine id of demo-host-I; False if the disk could not be built."""
+        host = DEMO / f"host-{i}"
+        (host / "state").mkdir(parents=True, exist_ok=True)
+        etc = host / "root" / "etc"
+        (etc / "coreos").mkdir(parents=True, exist_ok=True)
+        conf = etc / "coreos" / "update.conf"
+        if not conf.exists():
+            conf.write_text("GROUP=stable\nREBOOT_STRATEGY=best-effort\n")
+        mid = etc / "machine-id"
+        if not mid.exists() or len(mid.read_text().strip()) != 32:
+            mid.write_text(uuid.uuid4().hex + "\n")
+        disk = host / "disk.img"
+        if disk.exists():
+            return host, True
+        tmp = host / "disk.img.partial"
+        tmp.unlink(missing_ok=True)
+        rc, _ = run_step(f"disk-{i}", [str(BIN / "imagebuilder"), "disk", "--output", str(tmp), "--version", VERSION],
+                         self.env)
+        if rc == 0 and tmp.exists():
+            tmp.rename(disk)
+            return host, True
+        tmp.unlink(missing_ok=True)
+        say("devstack", f"demo-host-{i}: imagebuilder disk failed (exit {rc}); this host is skipped")
+        return host, False
+
+    def register(self, i: int, host: Path, token: str) -> bool:
+        state = host / "state"
+        if (state / "credential").exists():
+            return True
+        machine_id = (host / "root" / "etc" / "machine-id").read_text().strip()
+        rc, _ = run_step(f"demo-host-{i}", [
+            str(BIN / "agent"), "register", "--server", self.base_url, "--token", token,
+            "--state-dir", str(state), "--disk", str(host / "disk.img"), "--root", str(host / "root"),
+            "--machine-id", machine_id, "--hostname", f"demo-host-{i}"], self.env, timeout=120)
+        if rc != 0:
+            say("devstack", f"demo-host-{i}: agent register failed (exit {rc}); this host is skipped")
+            return False
+        return True
+
+    def wait_for_web(self, web: Child, timeout: float = 90) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping:
+            if not web.running():
+                return False
+            for path in ("/healthz", "/login/"):
+                status = http_status(self.base_url + path)
+                if status is not None and status < 500:
+                    return True
+            time.sleep(0.5)
+        return False
+
+    # ---------------------------------------------------------------- processes
+
+    def spawn(self, name: str, cmd: list[str], critical: bool = True, env: dict | None = None) -> Child:
+        child = Child(name, cmd, env or self.env, critical)
+        child.start()
+        self.children.append(child)
+        return child
+
+    def start_agent(self, i: int, host: Path) -> Child:
+        env = dict(self.env, FLEET_AGENT_HEARTBEAT=os.environ.get("FLEET_AGENT_HEARTBEAT", "10"))
+        child = self.spawn(f"demo-host-{i}", [str(BIN / "agent"), "run", "--state-dir", str(host / "state")],
+                           critical=False, env=env)
+        child.host = host  # type: ignore[attr-defined]
+        child.index = i  # type: ignore[attr-defined]
+        self.agents[child.name] = child
+        return child
+
+    def run(self) -> int:
+        self.lock()
+        self.check_port()
+        self.ensure_services()
+        hosts: list[tuple[int, Path]] = []
+        for i in range(1, self.args.hosts + 1):
+            host, ok = self.prepare_host(i)
+            if ok:
+                hosts.append((i, host))
+        boot = self.migrate_and_bootstrap()
+        if self.stopping:
+            return self.exit_code
+        web = self.spawn("web", [str(BIN / "uvicorn"), "fleetweb.asgi:application", "--host", "127.0.0.1",
+                                 "--port", str(self.port), "--ws-max-size", "1048576"])
+        self.spawn("worker", [str(BIN / "celery"), "-A", "fleetweb", "worker", "-l", "info", "--concurrency", "2"])
+        self.spawn("beat", [str(BIN / "celery"), "-A", "fleetweb", "beat", "-l", "info",
+                            "--schedule", str(VAR / "celerybeat-schedule")])
+        if not self.wait_for_web(web):
+            if not self.stopping:
+                say("devstack", f"web did not answer on {self.base_url} (see its output above)")
+                self.exit_code = 1
+            return self.exit_code
+        self.token = boot["enrollment_token"]
+        for i, host in hosts:
+            if self.stopping:
+                break
+            if self.register(i, host, self.token):
+                self.start_agent(i, host)
+        self.banner(boot)
+        return self.supervise()
+
+    def banner(self, boot: dict) -> None:
+        lines = [
+            "",
+            "=" * 64,
+            f"  Fleetweb dashboard: {self.base_url}/",
+            f"  user:      {boot['user']}",
+            f"  password:  {self.password()}   (kept in {VAR / 'demo-password'})",
+            f"  API key:   {boot['api_key']}   (Authorization: Bearer ...; {DEMO / 'bootstrap.json'})",
+            f"  API docs:  {self.base_url}/api/docs/",
+            f"  hosts:     {', '.join(sorted(self.agents)) or 'none'} (group {boot['group']})",
+            "  Ctrl-C stops everything.",
+            "=" * 64,
+            "",
+        ]
+        say("devstack", "\n".join(lines))
+
+    def supervise(self) -> int:
+        while not self.stopping:
+            for child in list(self.children):
+                rc = child.poll()
+                if rc is None or child.proc is None:
+                    continue
+                if child.critical:
+                    say("devstack", f"{child.name} exited with code {rc}; stopping the stack")
+                    self.exit_code = 1
+                    return self.exit_code
+                if child.next_start == 0.0:
+                    self.agent_exited(child, rc)
+                elif time.monotonic() >= child.next_start:
+                    child.next_start = 0.0
+                    child.start()
+            time.sleep(0.3)
+        return self.exit_code
+
+    def agent_exited(self, child: Child, rc: int) -> None:
+        host: Path = child.host  # type: ignore[attr-defined]
+        i: int = child.index  # type: ignore[attr-defined]
+        child.restarts += 1
+        if rc in (EXIT_NOT_REGISTERED, EXIT_UNAUTHORIZED) and child.restarts <= 3:
+            # The server no longer knows this host (database reset): register it again.
+            say("devstack", f"{child.name}: credential rejected (exit {rc}); registering again")
+            (host / "state" / "credential").unlink(missing_ok=True)
+            if not self.register(i, host, self.token):
+                self.children.remove(child)
+                return
+        if child.restarts > 20:
+            say("devstack", f"{child.name} exited with code {rc} {child.restarts} times; giving up on it")
+            self.children.remove(child)
+            return
+        delay = min(2 ** min(child.restarts, 5), 30)
+        say("devstack", f"{child.name} exited with code {rc}; restarting in {delay}s")
+        child.next_start = time.monotonic() + delay
+
+    # ---------------------------------------------------------------- tear-down
+
+    def request_stop(self, signum, _frame) -> None:
+        if not self.stopping:
+            say("devstack", f"{signal.Signals(signum).name}: stopping")
+        self.stopping = True
+
+    def shutdown(self) -> None:
+        self.stopping = True
+        running = [c for c in reversed(self.children) if c.running()]
+        for c in running:                      # agents first, then beat, worker, web
+            c.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for c in running:
+            if not c.wait(max(0.1, deadline - time.monotonic())):
+                say("devstack", f"{c.name} ignored SIGTERM; killing it")
+                c.signal(signal.SIGKILL)
+                c.wait(5)
+        if running:
+            say("devstack", "stopped " + ", ".join(f"{c.name} (pid {c.proc.pid})" for c in running if c.proc))
+        if self.pidfile is None:
+            return                 # another devstack owns the services
+        for name, pid in services.stop("dev"):
+            say("devstack", f"stopped {name} (pid {pid})")
+        with contextlib.suppress(OSError):
+            if self.pidfile.read_text().strip() == str(os.getpid()):
+                self.pidfile.unlink()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("FLEET_PORT", "8000")))
+    parser.add_argument("--hosts", type=int, default=3, help="simulated hosts (0: none)")
+    args = parser.parse_args()
+    for tool in ("uvicorn", "celery"):
+        if not (BIN / tool).exists():
+            raise SystemExit(f"devstack: {BIN / tool} is missing: run with .venv/bin/python after `make deps`")
+    if shutil.which("redis-server") is None and not os.environ.get("REDIS_URL"):
+        raise SystemExit("devstack: redis-server is missing: run `make deps`")
+    stack = Stack(args)
+    signal.signal(signal.SIGINT, stack.request_stop)
+    signal.signal(signal.SIGTERM, stack.request_stop)
+    signal.signal(signal.SIGHUP, stack.request_stop)
+    try:
+        return stack.run()
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            say("devstack", exc.code)
+            return 1
+        return int(exc.code or 0)
+    finally:
+        stack.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
