@@ -105,6 +105,7 @@ MESSAGES: dict[str, dict[str, dict[str, tuple[tuple[type, ...], bool]]]] = {
             "updates_enabled": (_BOOL, False),
             "signing_key": (_OPT_STR, False),     # base64 Ed25519 public key (pinned on first use)
             "signing_key_id": (_OPT_STR, False),
+            "signing_key_endorsement": (_OPT_STR, False),  # old key's signature over a rotated key
         },
         "update": {
             "version": (_STR, True),

@@ -63,3 +63,25 @@ def version_key(version: str) -> tuple:
     for part in version.replace("-", ".").replace("+", ".").split("."):
         out.append((0, int(part), "") if part.isdigit() else (1, 0, part))
     return tuple(out)
+
+
+ROTATION_SCHEME = "fleetweb-key-rotation-v1"
+
+
+def rotation_message(new_public_key_b64: str) -> bytes:
+    return f"{ROTATION_SCHEME}\nnew={new_public_key_b64}\n".encode()
+
+
+def endorse(old_private_raw: bytes, new_public_key_b64: str) -> str:
+    """The old key's signature over the new public key: what lets agents follow a rotation."""
+    key = Ed25519PrivateKey.from_private_bytes(old_private_raw)
+    return base64.b64encode(key.sign(rotation_message(new_public_key_b64))).decode()
+
+
+def verify_rotation(pinned_public_key_b64: str, new_public_key_b64: str, endorsement_b64: str) -> None:
+    """Raise SignatureError unless the pinned key endorsed the new key."""
+    try:
+        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(pinned_public_key_b64, validate=True))
+        key.verify(base64.b64decode(endorsement_b64, validate=True), rotation_message(new_public_key_b64))
+    except (ValueError, TypeError, InvalidSignature):
+        raise SignatureError("the new signing key is not endorsed by the pinned key") from None
