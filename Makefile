@@ -26,7 +26,7 @@ help:
 	@echo "make run    - full local stack (web, worker, beat, Redis, etcd, 3 simulated hosts)"
 	@echo "make test   - the whole test suite (starts its own Redis/etcd when needed)"
 	@echo "make deps   - Debian tools + .venv (idempotent)"
-	@echo "make bench  - benchmarks (FLEET_BENCH=1)"
+	@echo "make bench  - benchmarks: bench/*.py (BENCH=fanin BENCH_ARGS='--sizes 100')"
 	@echo "make lint   - ruff"
 	@echo "make clean  - stop recorded services, remove caches and runtime files (keeps the DB)"
 	@echo "make distclean - clean + remove var/ and .venv"
@@ -61,8 +61,9 @@ run: deps
 test: deps
 	scripts/test.sh
 
+# BENCH=fanin selects scripts; BENCH_ARGS="--sizes 100,1000" is passed to each.
 bench: deps
-	FLEET_BENCH=1 scripts/test.sh -m bench
+	scripts/bench.sh $(BENCH_ARGS)
 
 lint: deps
 	$(VENV)/bin/ruff check .
