@@ -7,6 +7,7 @@ from django.utils.text import slugify
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, mixins, permissions, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -45,6 +46,7 @@ class RegisterView(APIView):
 
     authentication_classes: list = []
     permission_classes = [permissions.AllowAny]
+    parser_classes = [JSONParser]
 
     @extend_schema(
         operation_id="agents_register", tags=["agents"], auth=[], request=RegisterSerializer,
