@@ -280,3 +280,30 @@ def build_disk(output: str | os.PathLike, version: str, *, size_mib: int = DEFAU
             PartSpec(9, "ROOT", gpt.TYPE_ROOT, None, root),
         ]
         return assemble_disk(output, size_mib * MIB, parts, disk_guid=disk_guid)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(MIB), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_payload(output: str | os.PathLike, version: str, *, rootfs: str | os.PathLike | None = None,
+                  size_mib: int = DEFAULT_USR_MIB, epoch: int | None = None) -> dict:
+    """An update payload: the USR filesystem image for ``version`` (``/share/coreos/release`` inside).
+
+    ``size_mib`` is the filesystem size; it must not exceed the USR partitions of the disks it is
+    installed on (``imagebuilder disk --usr-size-mib``, default 32), or agents refuse it.
+    Returns ``{path, version, size, sha256}``.
+    """
+    if size_mib < 1:
+        raise BuildError(f"--size-mib {size_mib} is too small: a payload needs at least 1 MiB")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    make_usr_image(rootfs, output, size_mib * MIB, version=version, label="USR", epoch=epoch)
+    return {"path": str(output), "version": version, "size": output.stat().st_size,
+            "sha256": file_sha256(output)}
