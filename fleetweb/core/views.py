@@ -12,6 +12,7 @@ from django.shortcuts import render
 
 from fleetweb.core.htmx import template_for
 from fleetweb.fleet.choices import EventKind
+from fleetweb.fleet.filtersets import EventFilterSet
 from fleetweb.fleet.models import Event, Group, Host
 from fleetweb.tenancy.choices import Role
 
@@ -67,12 +68,9 @@ def overview(request):
 
 @member_required
 def activity(request):
-    kind = request.GET.get("kind", "")
-    events = org_events(request)
-    if kind in EventKind.values:
-        events = events.filter(kind=kind)
-    else:
-        kind = ""
+    filterset = EventFilterSet(request.GET or None, queryset=org_events(request), request=request)
+    events = filterset.qs if filterset.is_bound and filterset.is_valid() else org_events(request)
+    kind = request.GET.get("kind", "") if filterset.is_bound and filterset.is_valid() else ""
     page = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
     context = {"page": page, "kind": kind, "kinds": EventKind.choices, "nav": "activity"}
     return render(request, template_for(request, "core/activity.html", "htmx/core/activity.html"), context)

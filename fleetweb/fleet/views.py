@@ -2,7 +2,6 @@
 the models (Group.apply_changes, EnrollmentToken.objects.issue, EnrollmentToken.revoke)."""
 from __future__ import annotations
 
-import django_filters
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
@@ -17,38 +16,12 @@ from fleetweb.core.views import PAGE_SIZE, can_operate, member_required, org_eve
 from fleetweb.updates.choices import ChannelName
 
 from .choices import UpdateStatus
+from .filtersets import HostFilterSet
 from .forms import GroupCreateForm, GroupSettingsForm, TokenForm
 from .models import EnrollmentToken, Group, Host
 
 # 422: htmx is configured (base.html) to swap it, so form errors show in place.
 INVALID = 422
-
-
-class HostFilterSet(django_filters.FilterSet):
-    """Filters of the host list; names follow the REST API (group, channel, version, status, online, q)."""
-
-    group = django_filters.ModelChoiceFilter(queryset=Group.objects.none(), empty_label="Any group")
-    channel = django_filters.ChoiceFilter(choices=ChannelName.choices, empty_label="Any channel")
-    version = django_filters.CharFilter()
-    status = django_filters.ChoiceFilter(field_name="update_status", choices=UpdateStatus.choices,
-                                         empty_label="Any status")
-    online = django_filters.BooleanFilter(widget=django_filters.widgets.BooleanWidget())
-    q = django_filters.CharFilter(method="search", label="Search")
-
-    class Meta:
-        model = Host
-        fields = ["group", "channel", "version", "status", "online", "q"]
-
-    def __init__(self, data=None, queryset=None, *, request=None, **kwargs):
-        super().__init__(data, queryset, request=request, **kwargs)
-        self.filters["group"].queryset = Group.objects.filter(organization=request.organization)
-
-    def search(self, queryset, name, value):
-        value = value.strip()
-        if not value:
-            return queryset
-        return queryset.filter(Q(hostname__icontains=value) | Q(machine_id__istartswith=value)
-                               | Q(version__icontains=value))
 
 
 def org_hosts(request):
@@ -65,13 +38,17 @@ def org_groups(request):
 
 @member_required
 def host_list(request):
+    # The same FilterSet as the REST API (fleetweb/fleet/filtersets.py), on the organization's hosts.
     filterset = HostFilterSet(request.GET or None, queryset=org_hosts(request), request=request)
     hosts = filterset.qs if filterset.is_bound and filterset.is_valid() else org_hosts(request)
     page = Paginator(hosts, PAGE_SIZE).get_page(request.GET.get("page"))
     versions = (Host.objects.filter(organization=request.organization).exclude(version="")
                 .values_list("version", flat=True).distinct().order_by("version"))
     context = {"filterset": filterset, "page": page, "versions": versions, "nav": "hosts",
-               "query": request.GET.urlencode()}
+               "groups": Group.objects.filter(organization=request.organization).only("id", "name"),
+               "channels": ChannelName.choices, "statuses": UpdateStatus.choices,
+               "current": {k: request.GET.get(k, "") for k in ("q", "group", "channel", "version", "status",
+                                                                "online")}}
     return render(request, template_for(request, "fleet/host_list.html", "htmx/fleet/host_table.html"), context)
 
 

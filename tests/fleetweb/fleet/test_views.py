@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import pytest
 from django.test import Client
-from django.urls import reverse
 
-from fleetweb.fleet.models import EnrollmentToken, Event, Group, Host
+from fleetweb.fleet.models import EnrollmentToken, Event, Group
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
 
@@ -58,6 +57,8 @@ def test_it_lists_hosts_with_filters(web, web_group, make_host):
     filtered = web.get("/hosts/", {"version": "200.0.0"}).content.decode()
     assert "web-2" in filtered and "web-1" not in filtered
     assert "web-1" in web.get("/hosts/", {"q": "WEB-1"}).content.decode()
+    assert "web-1" in web.get("/hosts/", {"channel": "stable", "group": web_group.pk}).content.decode()
+    assert "web-1" not in web.get("/hosts/", {"channel": "beta"}).content.decode()
     assert "web-1" not in web.get("/hosts/", {"online": "true"}).content.decode()
 
 
