@@ -1,8 +1,10 @@
 """The agent daemon: ``Agent.startup()``, ``main_loop()``, ``shutdown()`` (uvicorn-style).
 
 One session = connect, send ``hello``, wait for the ``policy`` frame, apply it (update.conf +
-state dir), acknowledge it with a ``policy_applied`` event, then heartbeat with ``status`` frames
-while answering pings, logging errors, applying later policies and running commands.
+state dir, signing key pin), acknowledge it with a ``policy_applied`` event, settle what the last
+boot means for a pending update (agent/boot.py), then heartbeat with ``status`` frames while
+answering pings, applying later policies, running commands and updates (agent/updater.py, in the
+background).  ``decide_reboot()`` is the one place that decides a reboot (agent/reboot.py).
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import signal
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from agent import protocol
+from agent import boot, keys, protocol, reboot
+from agent import disk as gptdisk
 from agent.config import (
     AGENT_VERSION,
     DEFAULT_HEARTBEAT,
@@ -30,6 +33,7 @@ from agent.config import (
 )
 from agent.connection import AuthRejected, Backoff, Connection, State, is_auth_close
 from agent.host import DiskMissing
+from agent.updater import NEED_REBOOT, UpdateEngine
 from agent.window import parse_window
 
 log = logging.getLogger("agent")
@@ -61,6 +65,10 @@ class Agent:
         self.seq = 0
         self._policy_event: asyncio.Event | None = None
         self._ready_at: float | None = None
+        self.engine = UpdateEngine(self.host, config.state_dir, self.report_update_status, self.emit)
+        self.outbox: list[str] = []             # events that could not be sent yet (sent after the next hello)
+        self._reboot_wanted: asyncio.Event | None = None
+        self._reboot_timer: asyncio.Task | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def run(self) -> int:
@@ -68,6 +76,7 @@ class Agent:
 
     async def serve(self) -> int:
         self.should_exit = asyncio.Event()
+        self._reboot_wanted = asyncio.Event()
         with self.capture_signals():
             self.startup()
             try:
@@ -106,6 +115,9 @@ class Agent:
                  self.config.host_id, self.config.ws_url, self.config.disk, self.config.root)
 
     async def shutdown(self) -> None:
+        await self.engine.cancel()
+        if self._reboot_timer is not None:
+            self._reboot_timer.cancel()
         if self.conn is not None:
             await self.conn.close(1000, "agent shutting down")
         log.info("fleet agent stopped")
@@ -169,6 +181,8 @@ class Agent:
         self._policy_event = asyncio.Event()
         await conn.send(await self.hello_frame())
         stop = asyncio.ensure_future(self.should_exit.wait())
+        assert self._reboot_wanted is not None
+        rebooting = asyncio.ensure_future(self._reboot_wanted.wait())
         heartbeat: asyncio.Task | None = None
         recv: asyncio.Task | None = None
         try:
@@ -178,6 +192,8 @@ class Agent:
                     conn.transition(State.READY, f"policy revision {self.state.get('policy_revision')} applied")
                     self._ready_at = asyncio.get_running_loop().time()
                     await self.send_status()
+                    await self.flush_outbox()
+                    await self.after_boot()
                     if self.once:
                         await conn.close(1000, "--once done")
                         return SESSION_DONE
@@ -189,11 +205,13 @@ class Agent:
                         raise HandshakeTimeout(f"no policy from the server within {POLICY_TIMEOUT:.0f}s")
                 if recv is None:
                     recv = asyncio.ensure_future(conn.recv())
-                waiting = {recv, stop} | ({heartbeat} if heartbeat else set())
+                waiting = {recv, stop, rebooting} | ({heartbeat} if heartbeat else set())
                 done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if stop in done:
                     await conn.close(1000, "agent shutting down")
                     return SESSION_EXIT
+                if rebooting in done:
+                    return await self.do_reboot()
                 if heartbeat is not None and heartbeat in done:
                     heartbeat.result()        # re-raises the send failure
                 if recv not in done:
@@ -202,17 +220,14 @@ class Agent:
                 recv = None
                 action = await self.handle_frame(text)
                 if action == SESSION_REBOOT:
-                    await conn.close(1000, "rebooting")
-                    boot_id = await asyncio.to_thread(self.host.reboot)
-                    log.info("simulated reboot done, new boot id %s; reconnecting", boot_id)
-                    return SESSION_REBOOT
+                    return await self.do_reboot()
         except ConnectionClosed as exc:
             if is_auth_close(exc):
                 raise
             conn.transition(State.DISCONNECTED, f"server closed: {exc}")
             return SESSION_DROPPED
         finally:
-            for task in (stop, heartbeat, recv):
+            for task in (stop, rebooting, heartbeat, recv):
                 if task is not None and not task.done():
                     task.cancel()
 
@@ -232,7 +247,7 @@ class Agent:
             agent_version=AGENT_VERSION,
             version=self.host.active_version(partitions),
             partitions=partitions,
-            update_status="IDLE",
+            update_status=self.engine.status,
             group=conf.get("GROUP") or None,
             reboot_strategy=conf.get("REBOOT_STRATEGY") or None,
         )
@@ -247,9 +262,43 @@ class Agent:
     async def send_status(self) -> None:
         partitions = await asyncio.to_thread(self.host.partitions)
         self.seq += 1
-        await self.send("status", update_status="IDLE", version=self.host.active_version(partitions),
+        await self.send("status", **self.engine.fields(), version=self.host.active_version(partitions),
                         partitions=partitions, seq=self.seq)
         log.debug("sent status #%d", self.seq)
+
+    async def _send_soft(self, text: str) -> bool:
+        """Send if connected; False when there is no usable connection (the caller decides what to keep)."""
+        if self.conn is None or self.conn.ws is None or self.conn.state is State.DISCONNECTED:
+            return False
+        try:
+            await self.conn.send(text)
+            return True
+        except (ConnectionClosed, OSError):
+            return False
+
+    async def report_update_status(self, fields: dict) -> None:
+        """The update engine's status report (each transition, throttled download progress)."""
+        extra: dict = {}
+        if fields["update_status"] != "DOWNLOADING":
+            partitions = await asyncio.to_thread(self.host.partitions)
+            extra = {"version": self.host.active_version(partitions), "partitions": partitions}
+        self.seq += 1
+        await self._send_soft(protocol.encode("status", "agent", **fields, **extra, seq=self.seq))
+
+    async def emit(self, kind: str, data: dict, message: str | None = None) -> None:
+        """Send an event; kept in the outbox and sent after the next hello if the connection is down."""
+        fields = {"kind": kind, "data": data, **({"message": message[:1000]} if message else {})}
+        text = protocol.encode("event", "agent", **fields)
+        log.info("event %s %s", kind, data)
+        if not await self._send_soft(text):
+            self.outbox.append(text)
+            del self.outbox[:-100]
+
+    async def flush_outbox(self) -> None:
+        while self.outbox:
+            if not await self._send_soft(self.outbox[0]):
+                return
+            self.outbox.pop(0)
 
     async def handle_frame(self, text: str | bytes) -> str | None:
         try:
@@ -267,10 +316,159 @@ class Agent:
         elif kind == "command":
             return await self.handle_command(msg)
         elif kind == "update":
-            log.info("update %s offered; installing updates is not implemented yet", msg["version"])
-            await self.send("event", kind="update_unsupported", message="this agent cannot install updates yet",
-                            data={"version": msg["version"]})
+            if not self.engine.start(msg, self.on_update_installed):
+                log.info("update %s offered while %s is in progress (%s); ignored", msg["version"],
+                         self.engine.offer.version if self.engine.offer else "?", self.engine.status)
         return None
+
+    # -- updates, reboots, boots ------------------------------------------------------------------
+    async def on_update_installed(self) -> None:
+        """The engine wrote and prioritized the new partition: persist it, then decide the reboot."""
+        inst = self.engine.installed or {}
+        pending = {"kind": "update", "phase": "installed", "version": inst["version"], "partition": inst["partition"],
+                   "label": inst["label"], "rollout": inst.get("rollout"),
+                   "previous_version": inst.get("previous_version"),
+                   "previous_partition": inst.get("previous_partition"),
+                   "boot_id": await asyncio.to_thread(self.host.boot_id)}
+        await asyncio.to_thread(boot.save_pending, self.config.state_dir, pending)
+        await self.decide_reboot()
+
+    async def decide_reboot(self) -> None:
+        """THE place a reboot after an update is decided (strategy, window; etcd lock is a later seam)."""
+        if self._reboot_timer is not None:
+            self._reboot_timer.cancel()
+            self._reboot_timer = None
+        policy = self.state.get("policy") or {}
+        strategy = policy.get("reboot_strategy") or self.host.update_conf().get("REBOOT_STRATEGY") or None
+        try:
+            window = parse_window(policy.get("reboot_window_start"), policy.get("reboot_window_length"))
+        except ValueError:
+            window = None
+        decision = reboot.decide(strategy, policy.get("etcd_endpoints"), window, self.host.now())
+        inst = self.engine.installed or {}
+        data = {"version": inst.get("version"), "rollout": inst.get("rollout"), "strategy": decision.strategy,
+                "reason": decision.reason}
+        log.info("reboot decision: %s (%s)", decision.action, decision.reason)
+        if decision.action == reboot.NOW:
+            await self.emit("rebooting", data)
+            self.request_reboot()
+        elif decision.action == reboot.WAIT_WINDOW:
+            await self.emit("reboot_waiting", data)
+            self._reboot_timer = asyncio.ensure_future(self._decide_later(decision.delay + 1))
+        elif decision.action == reboot.WAIT_LOCK:
+            await self.emit("reboot_waiting", data)      # SEAM: the etcd lock (later issue) reboots from here
+        else:
+            await self.emit("reboot_needed", data)
+
+    async def _decide_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._reboot_timer = None
+        if self.engine.status == NEED_REBOOT:
+            await self.decide_reboot()
+
+    def request_reboot(self) -> None:
+        assert self._reboot_wanted is not None
+        self._reboot_wanted.set()
+
+    async def do_reboot(self) -> str:
+        """Close the session and reboot: simulated on a disk image, ``systemctl reboot`` on a real host."""
+        assert self._reboot_wanted is not None and self.should_exit is not None
+        self._reboot_wanted.clear()
+        await self.engine.cancel()
+        if self.conn is not None:
+            await self.conn.close(1000, "rebooting")
+        boot_id = await asyncio.to_thread(self.host.reboot)
+        if boot_id is None:                   # a real reboot: systemd stops us shortly
+            try:
+                await asyncio.wait_for(self.should_exit.wait(), timeout=300)
+                return SESSION_EXIT
+            except asyncio.TimeoutError:
+                log.error("the host did not reboot within 300s; carrying on")
+                return SESSION_REBOOT
+        self.engine.reset()
+        log.info("simulated reboot done, new boot id %s; reconnecting", boot_id)
+        return SESSION_REBOOT
+
+    async def after_boot(self) -> None:
+        """Settle a pending update or rollback against this boot (once it is settled the file is gone)."""
+        try:
+            result = await asyncio.to_thread(boot.assess, self.host, self.config.state_dir, self.config.health_cmd,
+                                             self.config.health_timeout)
+        except (gptdisk.GptError, OSError) as exc:
+            log.error("cannot assess the boot: %s", exc)
+            return
+        p = result.pending
+        if result.outcome == boot.NOTHING:
+            return
+        if result.outcome == boot.WAIT_REBOOT:
+            if self.engine.status != NEED_REBOOT and p.get("kind") == "update":
+                self.engine.restore_need_reboot(p)
+                await self.report_update_status(self.engine.fields())
+                await self.decide_reboot()
+            elif p.get("kind") == "rollback":
+                self.request_reboot()
+            return
+        if result.outcome == boot.HEALTHY:
+            await self.emit("booted_new_version", {"version": p["version"], "previous_version": p.get("previous_version"),
+                                                   "rollout": p.get("rollout"), "partition": p.get("label")})
+            await asyncio.to_thread(boot.clear_pending, self.config.state_dir)
+            await self.send_status()
+        elif result.outcome == boot.UNHEALTHY:
+            await self.emit("health_check_failed", {"version": p["version"], "reason": result.reason,
+                                                    "rollout": p.get("rollout"), "partition": p.get("label")},
+                            result.reason)
+            log.error("rebooting to fall back from %s: %s", p["version"], result.reason)
+            self.request_reboot()
+        elif result.outcome == boot.ROLLED_BACK:
+            if p.get("kind") == "rollback":
+                data = {"reason": result.reason, "failed_version": p.get("previous_version"),
+                        "version": result.version, "rollout": p.get("rollout")}
+            else:
+                data = {"reason": result.reason, "failed_version": p.get("version"), "version": result.version,
+                        "rollout": p.get("rollout")}
+            await self.emit("rollback", data, result.reason)
+            await asyncio.to_thread(boot.clear_pending, self.config.state_dir)
+            await self.send_status()
+        elif result.outcome == boot.ROLLBACK_FAILED:
+            await self.emit("update_error", {"code": "rollback_failed", "message": result.reason,
+                                             "rollout": p.get("rollout"), "version": p.get("version")}, result.reason)
+            await asyncio.to_thread(boot.clear_pending, self.config.state_dir)
+
+    async def operator_rollback(self, ref: dict) -> str | None:
+        """``command rollback``: boot the other partition if it holds a good, successful /usr."""
+        def prepare() -> dict:
+            disk_path = self.host.disk
+            table = gptdisk.read_gpt(disk_path)
+            active = self.host.active_partition()
+            if active is None:
+                raise ValueError("cannot tell which USR partition is running")
+            other = gptdisk.other_usr(table, active)
+            release = gptdisk.read_release(disk_path, other.number)
+            if not other.successful or release is None:
+                raise ValueError(f"{other.label} is not a known-good partition (successful="
+                                 f"{int(other.successful)}, release file {'found' if release else 'missing'})")
+            current = gptdisk.read_release(disk_path, active)
+            pending = {"kind": "rollback", "phase": "installed", "partition": other.number, "label": other.label,
+                       "version": release.get("COREOS_RELEASE_VERSION"), "rollout": None,
+                       "previous_version": current.get("COREOS_RELEASE_VERSION") if current else None,
+                       "previous_partition": active, "boot_id": self.host.boot_id(),
+                       "reason": "operator requested"}
+            boot.save_pending(self.config.state_dir, pending)
+            gptdisk.modify(disk_path, gptdisk.prioritize, other.number)
+            return pending
+
+        if self.engine.busy:
+            message = f"an update ({self.engine.status}) is in progress; try the rollback again when it is done"
+            await self.emit("update_error", {"code": "rollback_unavailable", "message": message, **ref}, message)
+            return None
+        try:
+            pending = await asyncio.to_thread(prepare)
+        except (ValueError, gptdisk.GptError) as exc:
+            message = f"cannot roll back: {exc}"
+            await self.emit("update_error", {"code": "rollback_unavailable", "message": message, **ref}, message)
+            return None
+        await self.emit("rebooting", {**ref, "reason": "operator requested rollback", "version": pending["version"]})
+        return SESSION_REBOOT
 
     async def apply_policy(self, policy: dict) -> None:
         channel, strategy, group = policy["channel"], policy["reboot_strategy"], policy["group"]
@@ -282,6 +480,7 @@ class Agent:
         except ValueError as exc:
             log.warning("policy carries an invalid reboot window, ignoring it: %s", exc)
             window = None
+        pin = await asyncio.to_thread(keys.apply_policy_key, self.config.state_dir, policy)
         self.state["policy_revision"] = policy["revision"]
         self.state["policy"] = {k: v for k, v in policy.items() if k != "type"}
         await asyncio.to_thread(save_state, self.config.state_dir, self.state)
@@ -293,8 +492,21 @@ class Agent:
         await self.send("event", kind="policy_applied",
                         data={"revision": policy["revision"], "channel": channel,
                               "reboot_strategy": strategy, "group": group})
+        if pin.outcome == keys.PINNED:
+            log.info("pinned the release signing key %s", pin.key_id)
+            await self.emit("signing_key_pinned", {"key_id": pin.key_id})
+        elif pin.outcome == keys.ROTATED:
+            log.info("signing key rotated from %s to %s (endorsed)", pin.previous_key_id, pin.key_id)
+            await self.emit("signing_key_rotated", {"key_id": pin.key_id, "previous_key_id": pin.previous_key_id})
+        elif pin.outcome == keys.MISMATCH:
+            log.error("%s", pin.message)
+            await self.emit("update_error", {"code": "signing_key_mismatch", "message": pin.message,
+                                             "key_id": pin.key_id,
+                                             "offered_key_id": policy.get("signing_key_id")}, pin.message)
         assert self._policy_event is not None
         self._policy_event.set()
+        if self.engine.status == NEED_REBOOT and not self.engine.busy:
+            await self.decide_reboot()             # the strategy or window may have changed
 
     async def handle_command(self, msg: dict) -> str | None:
         command, cid = msg["command"], msg.get("id")
@@ -308,6 +520,8 @@ class Agent:
                 log.warning("command reboot: rebooting the real host")
             await self.send("event", kind="rebooting", data=ref)
             return SESSION_REBOOT
+        if command == "rollback":
+            return await self.operator_rollback(ref)
         log.info("command %s is not supported by this agent yet", command)
         await self.send("event", kind="command_unsupported", message=f"command {command} is not supported yet",
                         data=ref)

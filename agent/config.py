@@ -2,8 +2,13 @@
 
 State dir layout (default /var/lib/fleet-agent):
   credential     the host credential, mode 0600
-  agent.json     server, ws_url, host_id, disk, root, machine_id, hostname, group, org
+  agent.json     server, ws_url, host_id, disk, root, machine_id, hostname, group, org,
+                 health_cmd (optional shell command run after booting a new version; non-zero = unhealthy),
+                 health_timeout (seconds, default 60)
   state.json     local progress: last applied policy (revision, channel, ...)
+  signing-key.json        the pinned release signing key (agent/keys.py)
+  pending-update.json     an installed update (or operator rollback) waiting for its boot (agent/boot.py)
+  downloads/<sha256>.part payload downloads, kept across restarts for Range resumes
 """
 from __future__ import annotations
 
@@ -76,6 +81,8 @@ class Config:
     hostname: str
     group: str | None = None
     org: str | None = None
+    health_cmd: str | None = None
+    health_timeout: float = 60.0
     credential: str = field(default="", repr=False)
 
     # -- loading / saving ------------------------------------------------------------------
@@ -100,6 +107,14 @@ class Config:
             raise AgentError(f"{state_dir} is incomplete (missing {', '.join(missing) or 'credential'}); "
                              f"register again", EXIT_NOT_REGISTERED)
         known["hostname"] = known["hostname"] or ""
+        health_cmd = data.get("health_cmd")
+        if health_cmd is not None and not isinstance(health_cmd, str):
+            raise AgentError(f"{state_dir / AGENT_FILE}: health_cmd must be a string (a shell command)")
+        try:
+            health_timeout = float(data.get("health_timeout") or 60.0)
+        except (TypeError, ValueError):
+            raise AgentError(f"{state_dir / AGENT_FILE}: health_timeout must be a number of seconds") from None
+        known.update(health_cmd=health_cmd or None, health_timeout=health_timeout)
         return cls(state_dir=state_dir, credential=credential, **known)
 
     def save(self) -> None:

@@ -393,6 +393,25 @@ def mark_good(gpt: Gpt, target: Partition | int | str) -> Partition:
     return prioritize(gpt, tgt)
 
 
+def mark_unbootable(gpt: Gpt, target: Partition | int | str) -> Partition:
+    """Before overwriting ``target``: priority 0, tries 0, successful 0 (gptprio never picks it)."""
+    tgt = _resolve(gpt, target)
+    tgt.priority = 0
+    tgt.tries = 0
+    tgt.successful = False
+    return tgt
+
+
+def other_usr(gpt: Gpt, active: Partition | int | str) -> Partition:
+    """The other one of USR-A/USR-B (the inactive partition an update is written to)."""
+    act = _resolve(gpt, active)
+    pair = report_partitions(gpt)
+    others = [p for p in pair if p.number != act.number]
+    if act.number not in [p.number for p in pair] or len(others) != 1:
+        raise GptError(f"partition {act.number} ({act.label}) is not one of an A/B pair of USR partitions")
+    return others[0]
+
+
 def modify(path: str | os.PathLike, func, target: Partition | int | str) -> Partition:
     """Read the disk, apply ``func(gpt, target)``, write both copies back; returns the target."""
     gpt = read_gpt(path)

@@ -9,6 +9,7 @@ import sys
 import click
 
 from agent import disk as gptdisk
+from agent.boot import load_pending
 from agent.config import (
     AGENT_VERSION,
     DEFAULT_STATE_DIR,
@@ -18,6 +19,7 @@ from agent.config import (
     load_state,
 )
 from agent.host import HostError
+from agent.keys import load_pin
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -67,11 +69,14 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
               help="root of the host's files (/etc/machine-id, /etc/coreos/update.conf)")
 @click.option("--machine-id", default=None, help="machine id to write when <root>/etc/machine-id is missing")
 @click.option("--hostname", default=None, help="hostname to report [default: the host's]")
+@click.option("--health-cmd", default=None,
+              help="shell command run after booting a new version (non-zero exit = unhealthy: roll back)")
 @expected_errors
-def register(server, token, state_dir, disk, root, machine_id, hostname) -> None:
+def register(server, token, state_dir, disk, root, machine_id, hostname, health_cmd) -> None:
     """Enroll this host with a token; stores the credential in the state dir."""
     from agent.register import register as do_register
-    config = do_register(server, token, state_dir, disk=disk, root=root, machine_id=machine_id, hostname=hostname)
+    config = do_register(server, token, state_dir, disk=disk, root=root, machine_id=machine_id, hostname=hostname,
+                         health_cmd=health_cmd)
     click.echo(f"registered host {config.host_id} with {config.server}"
                f"{f' (group {config.group})' if config.group else ''}; state in {config.state_dir}")
 
@@ -97,6 +102,8 @@ def local_status(state_dir: str) -> dict:
         "disk": config.disk, "root": config.root, "agent_version": AGENT_VERSION,
         "update_conf": {k: host.update_conf().get(k) for k in ("GROUP", "SERVER", "REBOOT_STRATEGY")},
         "policy_revision": state.get("policy_revision"), "policy": state.get("policy"),
+        "health_cmd": config.health_cmd, "signing_key_id": (load_pin(config.state_dir) or {}).get("key_id"),
+        "pending_update": load_pending(config.state_dir),
     }
     try:
         host.check_disk()
@@ -126,7 +133,9 @@ def status(state_dir, as_json) -> None:
             ("active", f"{info['active_partition']} ({info['version']})" if info["active_partition"] else "unknown"),
             ("GROUP", info["update_conf"]["GROUP"]), ("SERVER", info["update_conf"]["SERVER"]),
             ("REBOOT_STRATEGY", info["update_conf"]["REBOOT_STRATEGY"]),
-            ("policy revision", info["policy_revision"])]
+            ("policy revision", info["policy_revision"]), ("signing key", info["signing_key_id"]),
+            ("pending update", (f"{info['pending_update'].get('kind')} {info['pending_update'].get('version')} on "
+                                f"{info['pending_update'].get('label')}") if info["pending_update"] else None)]
     for key, value in rows:
         click.echo(f"{key + ':':<17}{'-' if value is None else value}")
     if info["disk_error"]:

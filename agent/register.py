@@ -60,7 +60,8 @@ def _ws_url(server: str, ws_url: str | None) -> str:
 
 
 def register(server: str, token: str, state_dir: str | os.PathLike, disk: str | None = None,
-             root: str = "/", machine_id: str | None = None, hostname: str | None = None) -> Config:
+             root: str = "/", machine_id: str | None = None, hostname: str | None = None,
+             health_cmd: str | None = None) -> Config:
     server = server.rstrip("/")
     if urllib.parse.urlsplit(server).scheme not in ("http", "https"):
         raise AgentError(f"--server {server!r} must be an http:// or https:// URL")
@@ -113,7 +114,8 @@ def register(server: str, token: str, state_dir: str | os.PathLike, disk: str | 
         config = Config(state_dir=state_dir, server=server, ws_url=_ws_url(server, payload.get("ws_url")),
                         host_id=str(payload["host_id"]), disk=disk_path, root=os.path.abspath(root),
                         machine_id=machine_id, hostname=hostname, group=payload.get("group"),
-                        org=payload.get("org"), credential=str(payload["credential"]))
+                        org=payload.get("org"), health_cmd=health_cmd or None,
+                        credential=str(payload["credential"]))
         config.save()
         return config
     code = payload.get("code")

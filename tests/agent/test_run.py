@@ -187,7 +187,9 @@ def test_it_heartbeats_switches_channel_live_reboots_and_stops_cleanly_on_sigter
     assert srv.pong == {"type": "pong", "nonce": "n-1"}
     assert srv.switch_ack["data"] == {"revision": 2, "channel": "alpha", "reboot_strategy": "off", "group": "web"}
     assert "GROUP=alpha\n" in srv.switched_conf and "REBOOT_STRATEGY=off\n" in srv.switched_conf
-    assert srv.unsupported["kind"] == "command_unsupported" and srv.unsupported["data"]["id"] == "c-1"
+    # USR-B holds nothing good yet: the rollback is refused, nothing changes
+    assert srv.unsupported["kind"] == "update_error" and srv.unsupported["data"]["id"] == "c-1"
+    assert srv.unsupported["data"]["code"] == "rollback_unavailable"
     assert srv.rebooting["kind"] == "rebooting"
     assert srv.second_hello["boot_id"] != srv.first_hello["boot_id"]
     assert srv.second_hello["policy_revision"] == 2 and srv.second_hello["group"] == "alpha"
