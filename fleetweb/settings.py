@@ -155,6 +155,7 @@ CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_SOFT_TIME_LIMIT = 300
 CELERY_BEAT_SCHEDULE = {
     "reap-offline-hosts": {"task": "fleetweb.fleet.tasks.reap_offline_hosts", "schedule": 15.0},
+    "advance-rollouts": {"task": "fleetweb.updates.tasks.advance_rollouts", "schedule": 5.0},
 }
 
 # etcd (reboot semaphore, cluster config). Unset: no etcd.
@@ -166,6 +167,11 @@ for _endpoint in ETCD_ENDPOINTS:
 FLEET_MEDIA_ROOT = Path(env("FLEET_MEDIA_ROOT") or VAR_DIR / "media")
 MEDIA_ROOT = FLEET_MEDIA_ROOT
 MEDIA_URL = "/media/"
+
+# Release signing keys are encrypted at rest with this key (default: derived from SECRET_KEY).
+FLEET_ENCRYPTION_KEY = env("FLEET_ENCRYPTION_KEY") or None
+# Payload download URLs are per host and expire after this many seconds.
+FLEET_PAYLOAD_URL_TTL = envint("FLEET_PAYLOAD_URL_TTL", 3600)
 
 # Agents: heartbeat interval pushed in policy; a host silent for HEARTBEAT*3 is offline.
 FLEET_HEARTBEAT_INTERVAL = envint("FLEET_HEARTBEAT_INTERVAL", 30)

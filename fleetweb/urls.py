@@ -17,4 +17,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("fleetweb.core.urls")),
     path("", include("fleetweb.fleet.urls")),
+    path("", include("fleetweb.updates.urls")),
 ]

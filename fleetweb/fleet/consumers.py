@@ -112,12 +112,16 @@ class AgentConsumer(AsyncWebsocketConsumer):
         await getattr(self, f"on_{msg['type']}")(msg)
 
     async def on_hello(self, msg):
-        policy = await self._hello(msg)
+        policy, update = await self._hello(msg)
         self.ready = True
         await self.send(text_data=json.dumps(policy, separators=(",", ":")))
+        if update is not None:  # a grant the host had not finished before it went away
+            await self.send(text_data=json.dumps(update, separators=(",", ":")))
 
     @database_sync_to_async
     def _hello(self, msg):
+        from fleetweb.updates.models import RolloutHost
+
         from .models import Event, Group, Host, _host_changed
 
         now = timezone.now()
@@ -147,10 +151,13 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 data={"boot_id": host.boot_id, "rebooted": rebooted, "version": host.version})
             transaction.on_commit(lambda: _host_changed(host.organization_id, host.pk))
             group = Group.objects.select_related("channel").get(pk=host.group_id)
+            pending = RolloutHost.objects.in_flight_for(host.pk)
+            update = pending.rollout.release.update_frame(host.pk, pending.rollout_id,
+                                                          pending.rollout.allow_downgrade) if pending else None
         self.hostname = host.hostname
         self.state = {"update_status": host.update_status, "version": host.version,
                       "partitions": host.partitions, "status_seq": host.status_seq}
-        return group.policy()
+        return group.policy(), update
 
     async def on_status(self, msg):
         st = self.state
@@ -160,8 +167,17 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if "partitions" in msg:
             st["partitions"] = msg["partitions"]
         st["status_seq"] = msg.get("seq", st["status_seq"] + 1)
+        if "rollout" in msg:
+            await self._rollout_status(msg["rollout"], msg["update_status"], msg.get("progress"))
         await writer.submit(self.host_id, self.connection_id,
                             {**st, "last_seen": timezone.now(), "online": True})
+
+    @database_sync_to_async
+    def _rollout_status(self, rollout_id, update_status, progress):
+        from fleetweb.updates.models import RolloutHost
+
+        with transaction.atomic():
+            RolloutHost.objects.report_status(self.host_id, rollout_id, update_status, progress)
 
     async def on_pong(self, msg):
         await writer.submit(self.host_id, self.connection_id,
@@ -193,11 +209,19 @@ class AgentConsumer(AsyncWebsocketConsumer):
                                          host_id=self.host_id, group_id=self.group_id, data=data)
                     transaction.on_commit(lambda: _host_changed(self.organization_id, self.host_id))
                 return
-            Event.objects.record(self.organization_id, EventKind.AGENT_EVENT,
-                                 f"Host {self.hostname}: {msg['kind']}"
-                                 + (f": {msg['message'][:300]}" if msg.get("message") else ""),
+            from fleetweb.updates.models import RolloutHost
+
+            RolloutHost.objects.report_event(self.host_id, msg["kind"], data)
+            kind = msg["kind"] if msg["kind"] in EventKind.values else EventKind.AGENT_EVENT
+            detail = msg.get("message") or data.get("reason") or data.get("message") or ""
+            version = data.get("version")
+            Event.objects.record(self.organization_id, kind,
+                                 f"Host {self.hostname}: {EventKind(kind).label.lower() if kind != EventKind.AGENT_EVENT else msg['kind']}"
+                                 + (f" {version}" if isinstance(version, str) else "")
+                                 + (f": {str(detail)[:300]}" if detail else ""),
                                  host_id=self.host_id, group_id=self.group_id,
                                  data={"kind": msg["kind"], **data})
+            transaction.on_commit(lambda: _host_changed(self.organization_id, self.host_id))
 
     @database_sync_to_async
     def _mark_offline(self, code):

@@ -86,6 +86,15 @@ class Group(models.Model):
     reboot_window_start = models.CharField(max_length=16, blank=True)
     reboot_window_length = models.CharField(max_length=16, blank=True)
     policy_revision = models.PositiveIntegerField(default=1)
+    # Rollout policy
+    updates_enabled = models.BooleanField(default=True)
+    max_updates_per_period = models.PositiveIntegerField(default=0, help_text="K updates per period; 0 = no limit")
+    update_period = models.PositiveIntegerField(default=3600, help_text="P, seconds")
+    max_in_flight = models.PositiveIntegerField(default=1, help_text="M hosts updating at once")
+    update_timeout = models.PositiveIntegerField(default=3600, help_text="seconds before an update counts as failed")
+    safe_mode = models.BooleanField(default=False, help_text="the first host updates alone; halt if it fails")
+    failure_threshold = models.PositiveIntegerField(default=1, help_text="failures that halt the rollout")
+    failure_threshold_percent = models.BooleanField(default=False, help_text="threshold is a percentage")
     created = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -105,6 +114,14 @@ class Group(models.Model):
             errors["reboot_window_start"] = [str(exc)]
         if self.max_concurrent_reboots < 1:
             errors["max_concurrent_reboots"] = ["Must be at least 1."]
+        if self.max_in_flight < 1:
+            errors["max_in_flight"] = ["Must be at least 1."]
+        if self.update_period < 1:
+            errors["update_period"] = ["Must be at least 1 second."]
+        if self.update_timeout < 10:
+            errors["update_timeout"] = ["Must be at least 10 seconds."]
+        if self.failure_threshold_percent and not 1 <= self.failure_threshold <= 100:
+            errors["failure_threshold"] = ["A percentage must be between 1 and 100."]
         if errors:
             raise ValidationError(errors)
 
@@ -115,7 +132,7 @@ class Group(models.Model):
 
     # The policy agents of this group follow -------------------------------------------------
     POLICY_FIELDS = ("channel", "reboot_strategy", "reboot_window_start", "reboot_window_length",
-                     "max_concurrent_reboots")
+                     "max_concurrent_reboots", "updates_enabled")
 
     def policy(self) -> dict:
         from django.conf import settings
@@ -131,7 +148,15 @@ class Group(models.Model):
             "etcd_endpoints": list(settings.ETCD_ENDPOINTS),
             "lock_group": self.slug,
             "heartbeat_interval": settings.FLEET_HEARTBEAT_INTERVAL,
+            "updates_enabled": self.updates_enabled,
+            **self.signing_key_fields(),
         }
+
+    def signing_key_fields(self) -> dict:
+        from fleetweb.updates.models import SigningKey
+
+        key = SigningKey.objects.active(self.organization_id)
+        return {"signing_key": key.public_key, "signing_key_id": key.key_id} if key else {}
 
     @transaction.atomic
     def apply_changes(self, changes: dict, actor: str = "") -> list[str]:
@@ -400,9 +425,13 @@ class Host(models.Model):
         return True
 
     def _push(self, frame: dict) -> None:
+        import contextvars
+
         from fleetweb.core import hub
 
-        hub.publish(f"host:{self.pk}", frame)
+        # Without Redis the hub hands the frame to the event loop with the caller's context; a
+        # sync view's context makes the consumer's own database calls fail ("would deadlock").
+        contextvars.Context().run(hub.publish, f"host:{self.pk}", frame)
         _host_changed(self.organization_id, self.pk)
 
     def delete_with_event(self, actor: str = "") -> None:

@@ -14,10 +14,11 @@ class OrganizationManager(models.Manager):
     @transaction.atomic
     def create_with_defaults(self, name: str, slug: str | None = None) -> "Organization":
         """An organization always has the three channels."""
-        from fleetweb.updates.models import Channel
+        from fleetweb.updates.models import Channel, SigningKey
 
         org = self.create(name=name, slug=slug or slugify(name))
         Channel.objects.create_defaults(org)
+        SigningKey.objects.ensure(org)
         return org
 
 

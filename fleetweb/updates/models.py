@@ -1,10 +1,210 @@
+"""Channels, releases, signing keys and rollouts: the update rules of the product.
+
+A release goes onto a channel (publish, promote from the channel before it, or an explicit
+rollback); that starts one rollout per group following the channel.  A rollout grants hosts in
+waves under the group's policy (updates on/off, K per period, M in flight, timeout, safe mode,
+failure threshold).  Grants are claimed with conditional UPDATEs under a row lock on the rollout,
+so two workers never grant one host twice or exceed the policy.
+"""
 from __future__ import annotations
 
-from django.db import models
+import base64
+import hashlib
+import hmac
+import os
+import re
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 
-from .choices import ChannelName
+from agent import signing
 
+from .choices import ChannelAction, ChannelName, HostUpdateState, RolloutStatus
+
+VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+){1,3}([-+][0-9A-Za-z.]+)?$")
+CHUNK = 1024 * 1024
+
+
+class UpdateError(Exception):
+    """A refused update action; ``field`` names the input to fix, ``status`` the HTTP status."""
+
+    def __init__(self, message: str, field: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.message, self.field, self.status = message, field, status
+
+
+# ---------------------------------------------------------------------------------------------
+# Signing keys
+# ---------------------------------------------------------------------------------------------
+
+def _fernet():
+    from cryptography.fernet import Fernet
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    secret = (settings.FLEET_ENCRYPTION_KEY or settings.SECRET_KEY).encode()
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fleetweb-signing-keys").derive(secret)
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
+class SigningKeyManager(models.Manager):
+    def active(self, organization) -> "SigningKey | None":
+        return self.filter(organization=organization, retired_at__isnull=True).order_by("-created").first()
+
+    def ensure(self, organization) -> "SigningKey":
+        return self.active(organization) or self.generate(organization)
+
+    def generate(self, organization) -> "SigningKey":
+        raw, public = signing.generate()
+        return self.create(organization=organization, public_key=public, key_id=signing.key_id(public),
+                           private_encrypted=_fernet().encrypt(raw).decode())
+
+    @transaction.atomic
+    def rotate(self, organization, actor: str = "") -> "SigningKey":
+        """Retire the current key and make a new one; agents must be told explicitly (policy)."""
+        from fleetweb.fleet.choices import EventKind
+        from fleetweb.fleet.models import Event
+
+        old = self.active(organization)
+        self.filter(organization=organization, retired_at__isnull=True).update(retired_at=timezone.now())
+        new = self.generate(organization)
+        Event.objects.record(organization.pk, EventKind.KEY_ROTATED,
+                             f"Release signing key rotated: {old.key_id if old else 'none'} → {new.key_id}",
+                             actor=actor, data={"old": old.key_id if old else None, "new": new.key_id})
+        return new
+
+
+class SigningKey(models.Model):
+    organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE, related_name="signing_keys")
+    key_id = models.CharField(max_length=16)
+    public_key = models.CharField(max_length=64)
+    private_encrypted = models.TextField(help_text="Ed25519 private key, Fernet-encrypted at rest")
+    created = models.DateTimeField(default=timezone.now)
+    retired_at = models.DateTimeField(null=True, blank=True)
+
+    objects = SigningKeyManager()
+
+    def __str__(self) -> str:
+        return self.key_id
+
+    def sign(self, version: str, size: int, sha256: str) -> str:
+        raw = _fernet().decrypt(self.private_encrypted.encode())
+        return signing.sign(raw, version, size, sha256)
+
+
+# ---------------------------------------------------------------------------------------------
+# Releases
+# ---------------------------------------------------------------------------------------------
+
+class ReleaseManager(models.Manager):
+    def create_from_upload(self, organization, version: str, payload, *, size: int | None = None,
+                           sha256: str | None = None, notes: str = "", actor: str = "") -> "Release":
+        """Stream an uploaded payload to the store, check it against the declared size and hash,
+        sign it and record it.  On any refusal nothing is stored (no row, no file)."""
+        version = (version or "").strip()
+        if not VERSION_RE.match(version):
+            raise UpdateError(f"'{version}' is not a version like 1234.5.6", "version")
+        if self.filter(organization=organization, version=version).exists():
+            raise UpdateError(f"release {version} already exists", "version", status=409)
+        if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+            raise UpdateError("sha256 must be 64 hexadecimal characters", "sha256")
+        store = Path(settings.FLEET_MEDIA_ROOT) / "releases" / organization.slug
+        store.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=store, prefix=".upload-")
+        try:
+            digest, written = hashlib.sha256(), 0
+            with os.fdopen(fd, "wb") as out:
+                for chunk in (payload.chunks(CHUNK) if hasattr(payload, "chunks") else iter(
+                        lambda: payload.read(CHUNK), b"")):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    written += len(chunk)
+            actual = digest.hexdigest()
+            if written == 0:
+                raise UpdateError("the payload is empty", "payload")
+            if size is not None and size != written:
+                raise UpdateError(f"declared size {size} does not match the payload ({written} bytes)", "size")
+            if sha256 is not None and sha256.lower() != actual:
+                raise UpdateError(f"declared sha256 {sha256[:12]}… does not match the payload ({actual[:12]}…)",
+                                  "sha256")
+            final = store / f"{actual}.usr"
+            with transaction.atomic():
+                key = SigningKey.objects.ensure(organization)
+                release = self.create(organization=organization, version=version, size=written, sha256=actual,
+                                      signature=key.sign(version, written, actual), signing_key=key,
+                                      payload=str(final.relative_to(settings.FLEET_MEDIA_ROOT)), notes=notes,
+                                      created_by=actor)
+                os.replace(tmp, final)
+            return release
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+class Release(models.Model):
+    organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE, related_name="releases")
+    version = models.CharField(max_length=64)
+    payload = models.CharField(max_length=255, help_text="path under FLEET_MEDIA_ROOT")
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    signature = models.CharField(max_length=128)
+    signing_key = models.ForeignKey(SigningKey, on_delete=models.PROTECT, related_name="releases")
+    notes = models.TextField(blank=True)
+    created_by = models.CharField(max_length=150, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    objects = ReleaseManager()
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        constraints = [models.UniqueConstraint(fields=["organization", "version"], name="unique_release_version")]
+
+    def __str__(self) -> str:
+        return self.version
+
+    @property
+    def path(self) -> Path:
+        return Path(settings.FLEET_MEDIA_ROOT) / self.payload
+
+    @property
+    def version_key(self) -> tuple:
+        return signing.version_key(self.version)
+
+    def download_url(self, host_id, ttl: int | None = None) -> str:
+        """A per-host URL that expires; the signature binds release, host and expiry."""
+        expires = int(time.time()) + (ttl or settings.FLEET_PAYLOAD_URL_TTL)
+        sig = payload_signature(self.pk, str(host_id), expires)
+        return f"{settings.FLEET_PUBLIC_URL}/payloads/{self.pk}/{host_id}/{expires}/{sig}"
+
+    def update_frame(self, host_id, rollout_id: int | None = None, allow_downgrade: bool = False) -> dict:
+        frame = {"type": "update", "version": self.version, "url": self.download_url(host_id), "size": self.size,
+                 "sha256": self.sha256, "signature": self.signature}
+        if rollout_id is not None:
+            frame["rollout"] = rollout_id
+        if allow_downgrade:
+            frame["allow_downgrade"] = True
+        return frame
+
+
+def payload_signature(release_id: int, host_id: str, expires: int) -> str:
+    key = hashlib.sha256(b"fleetweb-payload-url:" + settings.SECRET_KEY.encode()).digest()
+    msg = f"{release_id}:{host_id}:{expires}".encode()
+    return hmac.new(key, msg, hashlib.sha256).hexdigest()[:32]
+
+
+def payload_signature_ok(release_id: int, host_id: str, expires: int, sig: str) -> bool:
+    return expires >= time.time() and hmac.compare_digest(payload_signature(release_id, host_id, expires), sig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Channels
+# ---------------------------------------------------------------------------------------------
 
 class ChannelManager(models.Manager):
     def create_defaults(self, organization) -> list["Channel"]:
@@ -17,6 +217,8 @@ class Channel(models.Model):
     organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE, related_name="channels")
     name = models.CharField(max_length=16, choices=ChannelName.choices)
     position = models.PositiveSmallIntegerField(default=0)
+    current_release = models.ForeignKey(Release, null=True, blank=True, on_delete=models.PROTECT,
+                                        related_name="current_on")
     created = models.DateTimeField(default=timezone.now)
 
     objects = ChannelManager()
@@ -31,3 +233,346 @@ class Channel(models.Model):
     @property
     def colour(self) -> str:
         return ChannelName.colour(self.name)
+
+    @property
+    def previous(self) -> "Channel | None":
+        name = ChannelName.before(self.name)
+        return Channel.objects.filter(organization_id=self.organization_id, name=name).first() if name else None
+
+    @transaction.atomic
+    def publish(self, release: Release, actor: str = "", *, action: str = ChannelAction.PUBLISH,
+                override: bool = False) -> list["Rollout"]:
+        """Put a release on this channel and start a rollout for every group following it."""
+        from fleetweb.fleet.models import Event
+
+        if release.organization_id != self.organization_id:
+            raise UpdateError("Unknown release.", "release", status=404)
+        channel = Channel.objects.select_for_update().get(pk=self.pk)
+        current = channel.current_release
+        if current is not None and current.pk == release.pk:
+            raise UpdateError(f"{release.version} is already the current release of {self.name}", "release",
+                              status=409)
+        downgrade = current is not None and release.version_key < current.version_key
+        if downgrade and action != ChannelAction.ROLLBACK:
+            raise UpdateError(f"{release.version} is older than {current.version} on {self.name}: "
+                              f"use an explicit rollback to go back", "release", status=409)
+        self.current_release = release
+        self.save(update_fields=["current_release"])
+        ChannelRelease.objects.create(channel=self, release=release, action=action, actor=actor, override=override,
+                                      previous=current)
+        Event.objects.record(self.organization_id, f"release_{action}",
+                             f"{ChannelAction(action).label} {release.version} on {self.name}"
+                             + (f" (was {current.version})" if current else "")
+                             + (" — override of a failed rollout" if override else ""),
+                             actor=actor, data={"channel": self.name, "release": release.version,
+                                                "previous": current.version if current else None,
+                                                "override": override})
+        return [Rollout.objects.start(group, release, actor=actor, allow_downgrade=downgrade)
+                for group in self.groups.all()]
+
+    def promote(self, actor: str = "", *, override: bool = False) -> list["Rollout"]:
+        """Take the release of the channel before this one (alpha → beta → stable).
+
+        Refused when that release's rollout failed or was halted on the source channel, unless an
+        admin overrides explicitly (the override is logged)."""
+        source = self.previous
+        if source is None:
+            raise UpdateError(f"{self.name} is the first channel: publish to it instead", "channel")
+        release = source.current_release
+        if release is None:
+            raise UpdateError(f"{source.name} has no release to promote", "channel", status=409)
+        bad = Rollout.objects.filter(release=release, channel=source,
+                                     status__in=[RolloutStatus.HALTED, RolloutStatus.ABORTED]).first()
+        if bad is not None and not override:
+            raise UpdateError(f"{release.version} {bad.get_status_display().lower()} on {source.name} "
+                              f"(group {bad.group.name}): an admin must override to promote it", "override",
+                              status=409)
+        return self.publish(release, actor, action=ChannelAction.PROMOTE, override=bad is not None)
+
+    def rollback(self, release: Release, actor: str = "") -> list["Rollout"]:
+        """Explicitly go back to a release this channel had before (hosts may downgrade)."""
+        if not self.history.filter(release=release).exists():
+            raise UpdateError(f"{release.version} was never on {self.name}", "release")
+        return self.publish(release, actor, action=ChannelAction.ROLLBACK)
+
+
+class ChannelRelease(models.Model):
+    """The history of a channel: which release it pointed at, when, and who put it there."""
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="history")
+    release = models.ForeignKey(Release, on_delete=models.PROTECT, related_name="channel_history")
+    previous = models.ForeignKey(Release, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    action = models.CharField(max_length=16, choices=ChannelAction.choices)
+    override = models.BooleanField(default=False)
+    actor = models.CharField(max_length=150, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollouts
+# ---------------------------------------------------------------------------------------------
+
+class RolloutManager(models.Manager):
+    def start(self, group, release: Release, *, actor: str = "", allow_downgrade: bool = False) -> "Rollout":
+        """A new rollout of ``release`` to ``group``; older active rollouts of the group are superseded."""
+        from fleetweb.fleet.models import Event
+
+        self.filter(group=group, status__in=RolloutStatus.active()).update(
+            status=RolloutStatus.SUPERSEDED, finished=timezone.now())
+        rollout = self.create(organization_id=group.organization_id, group=group, release=release,
+                              channel_id=group.channel_id, allow_downgrade=allow_downgrade, created_by=actor)
+        key = release.version_key
+        rows = []
+        for host_id, version in group.hosts.values_list("pk", "version"):
+            if version == release.version:
+                continue
+            if version and signing.version_key(version) > key and not allow_downgrade:
+                continue  # a host never installs a lower version unless told to
+            rows.append(RolloutHost(rollout=rollout, host_id=host_id, from_version=version or ""))
+        RolloutHost.objects.bulk_create(rows)
+        Event.objects.record(group.organization_id, "rollout_started",
+                             f"Rollout of {release.version} to group {group.name} started ({len(rows)} hosts)",
+                             group=group, actor=actor, data={"rollout": rollout.pk, "release": release.version})
+        if not rows:
+            rollout.finish_if_done()
+        transaction.on_commit(lambda: _enqueue_advance(rollout.pk))
+        return rollout
+
+
+def _enqueue_advance(rollout_id: int) -> None:
+    from .tasks import advance_rollout
+
+    advance_rollout.delay(rollout_id)
+
+
+class Rollout(models.Model):
+    organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE, related_name="rollouts")
+    group = models.ForeignKey("fleet.Group", on_delete=models.CASCADE, related_name="rollouts")
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="rollouts")
+    release = models.ForeignKey(Release, on_delete=models.PROTECT, related_name="rollouts")
+    status = models.CharField(max_length=16, choices=RolloutStatus.choices, default=RolloutStatus.RUNNING)
+    allow_downgrade = models.BooleanField(default=False)
+    halted_reason = models.CharField(max_length=500, blank=True)
+    created_by = models.CharField(max_length=150, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    objects = RolloutManager()
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [models.Index(fields=["status"], name="rollout_status")]
+
+    def __str__(self) -> str:
+        return f"{self.release} → {self.group}"
+
+    @property
+    def colour(self) -> str:
+        return RolloutStatus.colour(self.status)
+
+    def counts(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in HostUpdateState}
+        for row in self.hosts.values("state").annotate(n=Count("id")):
+            counts[row["state"]] = row["n"]
+        counts["total"] = sum(counts[s.value] for s in HostUpdateState)
+        counts["in_flight"] = sum(counts[s] for s in HostUpdateState.in_flight())
+        counts["failed_total"] = sum(counts[s] for s in HostUpdateState.failed())
+        counts["done"] = sum(counts[s] for s in HostUpdateState.done())
+        return counts
+
+    # -- named state changes (each refuses to run twice) -----------------------------------
+    def _transition(self, to: str, allowed: tuple[str, ...], actor: str, reason: str = "") -> bool:
+        from fleetweb.fleet.models import Event
+
+        fields = {"status": to}
+        if to in (RolloutStatus.ABORTED, RolloutStatus.HALTED, RolloutStatus.COMPLETED):
+            fields["finished"] = timezone.now()
+        if to == RolloutStatus.HALTED:
+            fields["halted_reason"] = reason[:500]
+        with transaction.atomic():
+            if Rollout.objects.filter(pk=self.pk, status__in=allowed).update(**fields) != 1:
+                return False
+            for k, v in fields.items():
+                setattr(self, k, v)
+            Event.objects.record(self.organization_id, f"rollout_{to}",
+                                 f"Rollout of {self.release.version} to group {self.group.name} {to}"
+                                 + (f": {reason}" if reason else ""),
+                                 group_id=self.group_id, actor=actor, data={"rollout": self.pk})
+            transaction.on_commit(lambda: self.broadcast())
+        return True
+
+    def pause(self, actor: str = "") -> bool:
+        return self._transition(RolloutStatus.PAUSED, (RolloutStatus.RUNNING,), actor)
+
+    def resume(self, actor: str = "") -> bool:
+        ok = self._transition(RolloutStatus.RUNNING, (RolloutStatus.PAUSED, RolloutStatus.HALTED), actor)
+        if ok:
+            transaction.on_commit(lambda: _enqueue_advance(self.pk))
+        return ok
+
+    def abort(self, actor: str = "") -> bool:
+        return self._transition(RolloutStatus.ABORTED, RolloutStatus.active() + (RolloutStatus.HALTED,), actor)
+
+    def halt(self, reason: str) -> bool:
+        return self._transition(RolloutStatus.HALTED, (RolloutStatus.RUNNING,), "", reason)
+
+    def finish_if_done(self) -> bool:
+        if self.hosts.exclude(state__in=HostUpdateState.done()).exists():
+            return False
+        return self._transition(RolloutStatus.COMPLETED, (RolloutStatus.RUNNING,), "")
+
+    def broadcast(self) -> None:
+        from fleetweb.core import live
+
+        live.to_ui(self.organization_id, {"kind": "rollout", "rollout": self.pk, "group": self.group_id})
+
+    # -- the wave --------------------------------------------------------------------------
+    def failure_threshold_reached(self, counts: dict) -> bool:
+        group = self.group
+        failed = counts["failed_total"]
+        if failed == 0:
+            return False
+        if group.failure_threshold_percent:
+            return counts["total"] > 0 and failed * 100 >= group.failure_threshold * counts["total"]
+        return failed >= max(group.failure_threshold, 1)
+
+    def advance(self, now=None) -> list["RolloutHost"]:
+        """Time out stuck hosts, halt on failures, grant the next wave.  Safe to run concurrently:
+        the rollout row is locked, and each grant is a conditional UPDATE on the host's row."""
+        from fleetweb.core import hub
+
+        now = now or timezone.now()
+        with transaction.atomic():
+            rollout = Rollout.objects.select_for_update().select_related("group", "release").get(pk=self.pk)
+            if rollout.status != RolloutStatus.RUNNING:
+                return []
+            group = rollout.group
+            timeout_at = now - timedelta(seconds=group.update_timeout)
+            for rh in rollout.hosts.filter(state__in=HostUpdateState.in_flight(), granted_at__lt=timeout_at):
+                rh.finish(HostUpdateState.FAILED, f"no result within the update timeout ({group.update_timeout} s)")
+            counts = rollout.counts()
+            if rollout.failure_threshold_reached(counts):
+                rollout.halt(f"{counts['failed_total']} of {counts['total']} hosts failed "
+                             f"(threshold {group.failure_threshold}{'%' if group.failure_threshold_percent else ''})")
+                return []
+            if counts["done"] == counts["total"]:
+                rollout.finish_if_done()
+                return []
+            if not group.updates_enabled:
+                return []
+            slots = group.max_in_flight - counts["in_flight"]
+            if group.safe_mode and counts["succeeded"] == 0:
+                slots = 0 if counts["in_flight"] else 1  # the first host updates alone
+            if group.max_updates_per_period:
+                since = now - timedelta(seconds=group.update_period)
+                recent = RolloutHost.objects.filter(rollout__group=group, granted_at__gte=since).count()
+                slots = min(slots, group.max_updates_per_period - recent)
+            if slots <= 0:
+                return []
+            candidates = list(rollout.hosts.filter(state=HostUpdateState.PENDING, host__online=True)
+                              .order_by("host__hostname", "id").values_list("pk", flat=True)[:slots])
+            granted = []
+            for pk in candidates:
+                if RolloutHost.objects.filter(pk=pk, state=HostUpdateState.PENDING).update(
+                        state=HostUpdateState.GRANTED, granted_at=now, attempts=models.F("attempts") + 1) == 1:
+                    granted.append(pk)
+            rows = list(RolloutHost.objects.filter(pk__in=granted).select_related("host"))
+            frames = [(rh.host_id, rollout.release.update_frame(rh.host_id, rollout.pk, rollout.allow_downgrade))
+                      for rh in rows]
+
+            def send():
+                for host_id, frame in frames:
+                    hub.publish(f"host:{host_id}", frame)
+                rollout.broadcast()
+            transaction.on_commit(send)
+            return rows
+
+
+AGENT_EVENT_OUTCOMES = {
+    # agent event kind → (final?, state)
+    "update_installed": (False, HostUpdateState.NEED_REBOOT),
+    "rebooting": (False, HostUpdateState.REBOOTING),
+    "booted_new_version": (True, HostUpdateState.SUCCEEDED),
+    "already_current": (True, HostUpdateState.SKIPPED),
+    "rollback": (True, HostUpdateState.ROLLED_BACK),
+    "update_error": (True, HostUpdateState.FAILED),
+}
+
+
+class RolloutHostManager(models.Manager):
+    def in_flight_for(self, host_id) -> "RolloutHost | None":
+        return (self.select_related("rollout__release")
+                .filter(host_id=host_id, rollout__status=RolloutStatus.RUNNING,
+                        state__in=(HostUpdateState.GRANTED, HostUpdateState.DOWNLOADING, HostUpdateState.VERIFYING))
+                .order_by("-granted_at").first())
+
+    def report_status(self, host_id, rollout_id: int, update_status: str, progress: float | None) -> bool:
+        from .choices import AGENT_STATUS_TO_STATE
+
+        state = AGENT_STATUS_TO_STATE.get(update_status)
+        rh = self.filter(host_id=host_id, rollout_id=rollout_id).first()
+        if state is None or rh is None:
+            return False
+        moved = rh.move(state, progress)
+        if moved:
+            transaction.on_commit(lambda: rh.rollout.broadcast())
+        return moved
+
+    def report_event(self, host_id, kind: str, data: dict) -> "RolloutHost | None":
+        """Apply an agent's update event to its rollout entry; returns it when something changed."""
+        outcome = AGENT_EVENT_OUTCOMES.get(kind)
+        rollout_id = data.get("rollout")
+        if outcome is None or not isinstance(rollout_id, int) or isinstance(rollout_id, bool):
+            return None
+        rh = self.select_related("rollout").filter(host_id=host_id, rollout_id=rollout_id).first()
+        if rh is None:
+            return None
+        final, state = outcome
+        if final:
+            error = ""
+            if state in HostUpdateState.failed():
+                error = str(data.get("reason") or data.get("message") or data.get("code") or kind)
+            changed = rh.finish(state, error)
+        else:
+            changed = rh.move(state)
+        if changed:
+            transaction.on_commit(lambda: _enqueue_advance(rollout_id))
+            transaction.on_commit(lambda: rh.rollout.broadcast())
+            return rh
+        return None
+
+
+class RolloutHost(models.Model):
+    objects = RolloutHostManager()
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="hosts")
+    host = models.ForeignKey("fleet.Host", on_delete=models.CASCADE, related_name="rollout_entries")
+    state = models.CharField(max_length=16, choices=HostUpdateState.choices, default=HostUpdateState.PENDING)
+    from_version = models.CharField(max_length=64, blank=True)
+    progress = models.FloatField(default=0)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    error = models.CharField(max_length=500, blank=True)
+    granted_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["host__hostname", "id"]
+        constraints = [models.UniqueConstraint(fields=["rollout", "host"], name="unique_rollout_host")]
+        indexes = [models.Index(fields=["rollout", "state"], name="rollouthost_state")]
+
+    @property
+    def colour(self) -> str:
+        return HostUpdateState.colour(self.state)
+
+    def finish(self, state: str, error: str = "") -> bool:
+        """Record a final state once (a late duplicate report changes nothing)."""
+        return RolloutHost.objects.filter(pk=self.pk).exclude(state__in=HostUpdateState.done()).update(
+            state=state, error=error[:500], finished_at=timezone.now()) == 1
+
+    def move(self, state: str, progress: float | None = None) -> bool:
+        fields = {"state": state}
+        if progress is not None:
+            fields["progress"] = progress
+        return RolloutHost.objects.filter(pk=self.pk, state__in=HostUpdateState.in_flight()).update(**fields) == 1

@@ -13,7 +13,7 @@ from django.utils.text import slugify
 from fleetweb.fleet.models import EnrollmentToken, Group
 from fleetweb.tenancy.choices import Role
 from fleetweb.tenancy.models import ApiKey, Membership, Organization
-from fleetweb.updates.models import Channel
+from fleetweb.updates.models import Channel, SigningKey
 
 BOOTSTRAP = "bootstrap"
 
@@ -39,6 +39,7 @@ class Command(BaseCommand):
         org = Organization.objects.filter(slug=slug).first() or Organization.objects.create_with_defaults(
             opts["org"], slug)
         Channel.objects.create_defaults(org)
+        SigningKey.objects.ensure(org)  # the release signing key (private half encrypted at rest)
         User = get_user_model()
         user, created = User.objects.get_or_create(username=opts["user"])
         if created or not user.check_password(opts["password"]):
