@@ -45,3 +45,27 @@ def test_it_does_not_let_a_viewer_write(bob, acme):
 def test_it_needs_authentication(acme):
     assert APIClient().get(URL).status_code == 401
     assert APIClient().get(f"{URL}beta/").status_code == 401
+
+
+def test_it_shows_the_current_release_and_the_history(bob, acme, tmp_path, settings, django_assert_num_queries):
+    import io
+
+    from fleetweb.updates.models import Release
+
+    settings.FLEET_MEDIA_ROOT = tmp_path
+    beta = acme.channels.get(name="beta")
+    first = Release.objects.create_from_upload(acme, "100.0.0", io.BytesIO(b"usr image 1"))
+    second = Release.objects.create_from_upload(acme, "101.0.0", io.BytesIO(b"usr image 2"))
+    beta.publish(first, actor="alice")
+    beta.publish(second, actor="alice")
+    bob.get(URL)
+    # the API key, the count, the channels (with their release), their history
+    with django_assert_num_queries(4):
+        channels = {c["name"]: c for c in bob.get(URL).json()["results"]}
+    assert channels["alpha"]["current_release"] is None and channels["alpha"]["history"] == []
+    current = channels["beta"]["current_release"]
+    assert current["version"] == "101.0.0" and current["sha256"] == second.sha256
+    history = channels["beta"]["history"]
+    assert [(h["release"]["version"], h["previous"], h["action"]) for h in history] == [
+        ("101.0.0", "100.0.0", "publish"), ("100.0.0", None, "publish")]
+    assert bob.get(f"{URL}beta/").json() == channels["beta"]
