@@ -134,6 +134,10 @@ class HostSerializer(serializers.ModelSerializer):
 # Groups
 # ---------------------------------------------------------------------------------------------
 
+ROLLOUT_FIELDS = ["updates_enabled", "max_updates_per_period", "update_period", "max_in_flight", "update_timeout",
+                  "safe_mode", "failure_threshold", "failure_threshold_percent"]
+
+
 class GroupSerializer(serializers.ModelSerializer):
     channel = OrganizationSlugRelatedField(slug_field="name", queryset=Channel.objects.all(),
                                            help_text="alpha, beta or stable: the switch toggle")
@@ -145,8 +149,8 @@ class GroupSerializer(serializers.ModelSerializer):
     class Meta:
         model = Group
         fields = ["id", "name", "slug", "channel", "reboot_strategy", "max_concurrent_reboots",
-                  "reboot_window_start", "reboot_window_length", "policy_revision", "hosts_count",
-                  "hosts_applied", "created"]
+                  "reboot_window_start", "reboot_window_length", *ROLLOUT_FIELDS, "policy_revision",
+                  "hosts_count", "hosts_applied", "created"]
         read_only_fields = ["id", "slug", "policy_revision", "created"]
         extra_kwargs = {"max_concurrent_reboots": {"min_value": 1}}
 

@@ -8,7 +8,9 @@ from fleetweb.fleet.models import Event, Group, Host
 
 URL = "/api/v1/groups/"
 ITEM_FIELDS = {"id", "name", "slug", "channel", "reboot_strategy", "max_concurrent_reboots", "reboot_window_start",
-               "reboot_window_length", "policy_revision", "hosts_count", "hosts_applied", "created"}
+               "reboot_window_length", "policy_revision", "hosts_count", "hosts_applied", "created",
+               "updates_enabled", "max_updates_per_period", "update_period", "max_in_flight", "update_timeout",
+               "safe_mode", "failure_threshold", "failure_threshold_percent"}
 
 
 def test_it_lists_groups_with_counts(bob, web_group, make_host):
@@ -154,3 +156,21 @@ def test_it_lists_groups_in_a_constant_number_of_queries(alice, acme, django_ass
         Group.objects.create(organization=acme, name=f"g{i}", channel=acme.channels.get(name="alpha"))
     with django_assert_num_queries(3):
         assert alice.get(URL).json()["count"] == 20
+
+
+def test_it_changes_the_rollout_policy(operator, web_group):
+    r = operator.patch(f"{URL}{web_group.pk}/", {"max_in_flight": 5, "safe_mode": True, "updates_enabled": False},
+                       format="json")
+    assert r.status_code == 200, r.content
+    assert (r.json()["max_in_flight"], r.json()["safe_mode"], r.json()["updates_enabled"]) == (5, True, False)
+    web_group.refresh_from_db()
+    assert web_group.max_in_flight == 5 and web_group.safe_mode and not web_group.updates_enabled
+    assert Event.objects.filter(kind="group_changed", group=web_group).exists()
+
+
+def test_it_refuses_an_invalid_rollout_policy(operator, web_group):
+    r = operator.patch(f"{URL}{web_group.pk}/", {"failure_threshold_percent": True, "failure_threshold": 150},
+                       format="json")
+    assert r.status_code == 400 and "failure_threshold" in r.json()["errors"]
+    web_group.refresh_from_db()
+    assert web_group.failure_threshold_percent is False
