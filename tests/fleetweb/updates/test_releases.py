@@ -1,0 +1,54 @@
+"""Releases: streamed to the store, checked against the declared size and hash, signed."""
+import hashlib
+import io
+
+import pytest
+
+from agent import signing
+from fleetweb.updates.models import Release, UpdateError
+
+
+def test_it_stores_hashes_and_signs_a_release(acme, make_release, media_root):
+    release = make_release("101.0.0", b"x" * 5000)
+    assert release.size == 5000
+    assert release.sha256 == hashlib.sha256(b"x" * 5000).hexdigest()
+    assert release.path.read_bytes() == b"x" * 5000
+    signing.verify(release.signing_key.public_key, release.signature, "101.0.0", 5000, release.sha256)
+
+
+def test_it_keeps_the_private_key_encrypted_at_rest(acme):
+    from fleetweb.updates.models import SigningKey
+
+    key = SigningKey.objects.active(acme)
+    assert key is not None and key.private_encrypted.startswith("gAAAAA")  # a Fernet token
+    assert len(key.private_encrypted) > 64
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"sha256": "0" * 64}, "sha256"),
+    ({"size": 3}, "size"),
+    ({"sha256": "not-hex"}, "sha256"),
+])
+def test_it_refuses_a_payload_that_does_not_match_and_stores_nothing(acme, media_root, kwargs, field):
+    with pytest.raises(UpdateError) as err:
+        Release.objects.create_from_upload(acme, "101.0.0", io.BytesIO(b"payload" * 10), **kwargs)
+    assert err.value.field == field
+    assert not Release.objects.exists()
+    store = media_root / "releases" / "acme"
+    assert not store.exists() or list(store.iterdir()) == []
+
+
+@pytest.mark.parametrize("version", ["", "abc", "1", "1.2.3.4.5", "1.0/../../x"])
+def test_it_refuses_bad_versions(acme, version):
+    with pytest.raises(UpdateError) as err:
+        Release.objects.create_from_upload(acme, version, io.BytesIO(b"data"))
+    assert err.value.field == "version"
+    assert not Release.objects.exists()
+
+
+def test_it_refuses_a_duplicate_version_with_a_conflict(acme, make_release):
+    make_release("101.0.0")
+    with pytest.raises(UpdateError) as err:
+        make_release("101.0.0")
+    assert err.value.status == 409
+    assert Release.objects.count() == 1
