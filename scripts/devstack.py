@@ -248,7 +248,20 @@ class Stack:
     def register(self, i: int, host: Path, token: str) -> bool:
         state = host / "state"
         if (state / "credential").exists():
-            return True
+            # Registered before: check that this server still knows the host (the database may have
+            # been reset). `agent run` never exits on a rejected credential, `agent run --once` does.
+            env = dict(self.env, FLEET_AGENT_HEARTBEAT="10")
+            try:
+                rc, _ = run_step(f"demo-host-{i}", [str(BIN / "agent"), "run", "--once", "--state-dir", str(state)],
+                                 env, timeout=60)
+            except subprocess.TimeoutExpired:
+                rc = None
+            if rc not in (EXIT_NOT_REGISTERED, EXIT_UNAUTHORIZED):
+                return True
+            say("devstack", f"demo-host-{i}: the server rejected its credential (exit {rc}); "
+                            "clearing its state dir and registering again")
+            shutil.rmtree(state, ignore_errors=True)   # credential, pinned signing key, ...: a new server
+            state.mkdir(parents=True, exist_ok=True)
         machine_id = (host / "root" / "etc" / "machine-id").read_text().strip()
         rc, _ = run_step(f"demo-host-{i}", [
             str(BIN / "agent"), "register", "--server", self.base_url, "--token", token,
@@ -360,7 +373,8 @@ class Stack:
         if rc in (EXIT_NOT_REGISTERED, EXIT_UNAUTHORIZED) and child.restarts <= 3:
             # The server no longer knows this host (database reset): register it again.
             say("devstack", f"{child.name}: credential rejected (exit {rc}); registering again")
-            (host / "state" / "credential").unlink(missing_ok=True)
+            shutil.rmtree(host / "state", ignore_errors=True)
+            (host / "state").mkdir(parents=True, exist_ok=True)
             if not self.register(i, host, self.token):
                 self.children.remove(child)
                 return
