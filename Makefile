@@ -40,7 +40,11 @@ system-deps:
 		cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 		command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || [ -x /sbin/$$cmd ] || missing="$$missing $$pkg"; \
 	done; \
-	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if command -v dpkg-query >/dev/null 2>&1; then \
+		dpkg-query -W -f='$${Status}' python3-venv 2>/dev/null | grep -q 'ok installed' || missing="$$missing python3-venv"; \
+	else \
+		$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	fi; \
 	if [ -n "$$missing" ]; then \
 		echo "deps: installing Debian packages:$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
