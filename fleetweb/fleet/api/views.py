@@ -18,10 +18,17 @@ from fleetweb.tenancy.choices import Role
 from ..filtersets import EnrollmentTokenFilterSet, EventFilterSet, HostFilterSet
 from ..models import EnrollmentError, EnrollmentToken, Event, Group, Host
 from .serializers import (
-    EnrollmentTokenCreateSerializer, EnrollmentTokenSerializer, ErrorSerializer, EventSerializer, GroupSerializer,
-    HostSerializer, RegisteredSerializer, RegisterSerializer, agent_ws_url, annotate_groups,
+    EnrollmentTokenCreateSerializer,
+    EnrollmentTokenSerializer,
+    ErrorSerializer,
+    EventSerializer,
+    GroupSerializer,
+    HostSerializer,
+    RegisteredSerializer,
+    RegisterSerializer,
+    agent_ws_url,
+    annotate_groups,
 )
-
 
 # ---------------------------------------------------------------------------------------------
 # Agent registration

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-from django.db import connection
 from rest_framework.test import APIClient
 
 from fleetweb.fleet.models import Event, Group, Host
