@@ -233,3 +233,11 @@ def test_it_lists_10_or_100_hosts_in_the_same_number_of_queries(alice, web_group
     with django_assert_num_queries(3):
         r = alice.get(URL, {"page_size": 500})
     assert r.json()["count"] == 100
+
+
+def test_it_accepts_a_logged_in_browser_session(alice, web_group, make_host):
+    make_host(web_group, "web-1")
+    browser = APIClient()
+    browser.force_login(alice.user)
+    r = browser.get(URL)
+    assert r.status_code == 200 and r.json()["count"] == 1
