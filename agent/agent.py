@@ -317,8 +317,8 @@ class Agent:
             return await self.handle_command(msg)
         elif kind == "update":
             if not self.engine.start(msg, self.on_update_installed):
-                log.info("update %s offered while %s is in progress (%s); ignored", msg["version"],
-                         self.engine.offer.version if self.engine.offer else "?", self.engine.status)
+                log.info("update %s offered again while it is in progress (%s); ignored", msg["version"],
+                         self.engine.status)
         return None
 
     # -- updates, reboots, boots ------------------------------------------------------------------

@@ -264,6 +264,7 @@ class UpdateEngine:
         self.task: asyncio.Task | None = None
         self.stop = threading.Event()
         self.installed: dict | None = None        # {version, partition, label, rollout} once installed
+        self._queued: tuple | None = None
 
     # -- state ---------------------------------------------------------------------------------
     def fields(self) -> dict:
@@ -287,7 +288,7 @@ class UpdateEngine:
 
     def reset(self) -> None:
         """A (simulated) boot: the running system starts over in IDLE."""
-        self.status, self.progress, self.offer, self.installed = IDLE, None, None, None
+        self.status, self.progress, self.offer, self.installed, self._queued = IDLE, None, None, None, None
 
     def restore_need_reboot(self, pending: dict) -> None:
         self.status = NEED_REBOOT
@@ -300,15 +301,31 @@ class UpdateEngine:
         return self.task is not None and not self.task.done()
 
     def start(self, msg: dict, on_installed: Callable[[], Awaitable[None]]) -> bool:
-        """Begin handling an ``update`` frame in the background; False if one is already running."""
+        """Handle an ``update`` frame in the background.
+
+        While one runs, a frame for the same version is a duplicate (False); any other is queued
+        (the latest wins) and handled when the current one finishes.
+        """
+        offer = Offer.from_frame(msg)
         if self.busy:
-            return False
+            if self.offer is not None and self.offer.version == offer.version and self.status not in (IDLE, ERROR):
+                return False
+            self._queued = (offer, on_installed)
+            return True
         self.stop.clear()
-        self.task = asyncio.ensure_future(self._run(Offer.from_frame(msg), on_installed))
+        self._queued = (offer, on_installed)
+        self.task = asyncio.ensure_future(self._drain())
         return True
+
+    async def _drain(self) -> None:
+        while self._queued is not None and not self.stop.is_set():
+            offer, on_installed = self._queued
+            self._queued = None
+            await self._run(offer, on_installed)
 
     async def cancel(self) -> None:
         self.stop.set()
+        self._queued = None
         if self.task is not None and not self.task.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self.task), timeout=30)
