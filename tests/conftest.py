@@ -9,6 +9,16 @@ import pytest
 from rest_framework.test import APIClient
 
 
+@pytest.fixture(autouse=True, scope="session")
+def celery_eager():
+    """In-process tests run Celery tasks inline; the end-to-end tests start a real worker."""
+    from fleetweb.celery import app
+
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+    yield
+
+
 @pytest.fixture
 def acme(db):
     from fleetweb.tenancy.models import Organization

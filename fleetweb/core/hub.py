@@ -9,6 +9,7 @@ web process) publishes ``{key, frame}`` and every process delivers it to its own
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 from collections import defaultdict
@@ -119,7 +120,9 @@ class Hub:
         if running is loop:
             self._deliver(key, frame)
         else:
-            loop.call_soon_threadsafe(self._deliver, key, frame)
+            # A fresh context: the caller's (a sync view's thread) must not leak into the loop, or
+            # the consumers' database calls would think they run inside that thread.
+            loop.call_soon_threadsafe(self._deliver, key, frame, context=contextvars.Context())
 
 
 hub = Hub()

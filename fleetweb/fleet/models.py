@@ -425,13 +425,9 @@ class Host(models.Model):
         return True
 
     def _push(self, frame: dict) -> None:
-        import contextvars
-
         from fleetweb.core import hub
 
-        # Without Redis the hub hands the frame to the event loop with the caller's context; a
-        # sync view's context makes the consumer's own database calls fail ("would deadlock").
-        contextvars.Context().run(hub.publish, f"host:{self.pk}", frame)
+        hub.publish(f"host:{self.pk}", frame)
         _host_changed(self.organization_id, self.pk)
 
     def delete_with_event(self, actor: str = "") -> None:
