@@ -4,6 +4,8 @@ the fleet app's pages (group rollout policy, host update timeline) and bring the
 from __future__ import annotations
 
 from django import template
+from datetime import timedelta
+
 from django.utils import timezone
 
 from agent import signing
@@ -63,7 +65,8 @@ def _clock(t, span_seconds: float) -> str:
 def versions_chart(series) -> dict:
     start, end, steps, total = series["start"], series["end"], series["steps"], series["total"] or 1
     target = series["target"]
-    span = max((end - start).total_seconds(), 60.0)
+    span = max((end - start).total_seconds(), 60.0)   # at least a minute wide, so steps stay readable
+    end = start + timedelta(seconds=span)
     versions = {v for _, c in steps for v in c}
     others = sorted((v for v in versions if v != target), key=_version_key, reverse=True)
     order = ([target] if target in versions else []) + others   # target at the bottom, rising
@@ -90,7 +93,7 @@ def versions_chart(series) -> dict:
                       "now": steps[-1][1].get(v, 0)})
     ticks = []
     for i in range(5):
-        t = start + (end - start) * i / 4 if end > start else start
+        t = start + (end - start) * i / 4
         ticks.append({"x": round(PAD_L + CHART_W * i / 4, 1), "label": _clock(t, span),
                       "anchor": "start" if i == 0 else "end" if i == 4 else "middle"})
     return {"bands": bands, "ticks": ticks, "width": PAD_L + CHART_W + PAD_R, "height": PAD_T + CHART_H + PAD_B,
@@ -134,7 +137,8 @@ def update_timeline(host) -> dict:
     from fleetweb.updates.models import RolloutHost
 
     entries = []
-    for e in Event.objects.filter(host=host, kind__in=TIMELINE_KINDS).order_by("-created", "-id")[:TIMELINE_LENGTH * 2]:
+    recent = Event.objects.filter(host=host, kind__in=TIMELINE_KINDS).order_by("-created", "-id")[:TIMELINE_LENGTH * 2]
+    for e in reversed(list(recent)):  # oldest first, so the sort below keeps id order within a second
         d = e.data or {}
         entry = {"time": e.created, "colour": EventKind.colour(e.kind), "label": EventKind(e.kind).label,
                  "text": "", "flip": None, "rollout": d.get("rollout") if isinstance(d.get("rollout"), int) else None}
@@ -177,7 +181,7 @@ def update_timeline(host) -> dict:
             entries.append({"time": rh.granted_at, "colour": "blue", "label": "Granted", "rollout": rh.rollout_id,
                             "text": f"{rh.rollout.release.version} (from {rh.from_version or '?'})", "flip": None,
                             "state": rh, "attempts": rh.attempts})
-    entries.sort(key=lambda en: en["time"])
+    entries.sort(key=lambda en: en["time"])  # stable: grants (same second) stay after the events
     entries = entries[-TIMELINE_LENGTH:]
     current = next((rh for rh in RolloutHost.objects.filter(host=host, state__in=HostUpdateState.in_flight())
                     .select_related("rollout__release").order_by("-granted_at")[:1]), None)
@@ -196,3 +200,16 @@ def progress_parts(total, done, failed, in_flight) -> dict:
     total, done, failed, in_flight = (int(v or 0) for v in (total, done, failed, in_flight))
     ok = max(done - failed, 0)
     return {"ok": ok, "ok_w": pct(ok, total), "failed_w": pct(failed, total), "flight_w": pct(in_flight, total)}
+
+
+@register.filter
+def duration(end, start) -> str:
+    """``finished|duration:created`` → "42 s", "3 min 5 s", "2 h 10 min"."""
+    if not end or not start:
+        return ""
+    s = max(int((end - start).total_seconds()), 0)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
