@@ -153,6 +153,8 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = REDIS_URL is None
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_SOFT_TIME_LIMIT = 300
+CELERY_TASK_DEFAULT_QUEUE = env("CELERY_TASK_DEFAULT_QUEUE", "fleetweb") or "fleetweb"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "reap-offline-hosts": {"task": "fleetweb.fleet.tasks.reap_offline_hosts", "schedule": 15.0},
     "advance-rollouts": {"task": "fleetweb.updates.tasks.advance_rollouts", "schedule": 5.0},

@@ -142,6 +142,26 @@ class Stack:
     env: dict
     server: subprocess.Popen
     agents: list[AgentProc] = field(default_factory=list)
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    def start_worker(self, name: str = "worker") -> subprocess.Popen:
+        """A real Celery worker (solo pool) plus nothing else: tests call beat's task themselves
+        or rely on event-driven waves."""
+        proc = subprocess.Popen(
+            [BIN / "celery", "-A", "fleetweb", "worker", "--pool", "solo", "-l", "info", "-n", f"{name}@%h",
+             "-Q", self.env["CELERY_TASK_DEFAULT_QUEUE"]],
+            cwd=ROOT, env=self.env, stdout=open(self.workdir / f"{name}.log", "ab"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        self.workers.append(proc)
+        return proc
+
+    def start_beat(self) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [BIN / "celery", "-A", "fleetweb", "beat", "-l", "info", "--schedule", str(self.workdir / "beat")],
+            cwd=ROOT, env=self.env, stdout=open(self.workdir / "beat.log", "ab"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        self.workers.append(proc)
+        return proc
 
     @property
     def ws_url(self) -> str:
@@ -181,7 +201,8 @@ def stack(transactional_db, template_disk, tmp_path) -> Stack:
     env = {**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": REDIS_URL,
            "FLEET_REDIS_PREFIX": f"fleet-test-{uuid.uuid4().hex[:8]}", "FLEET_PUBLIC_URL": url,
            "FLEET_HEARTBEAT_INTERVAL": "1", "FLEET_OFFLINE_AFTER": "5", "DJANGO_SETTINGS_MODULE": "fleetweb.settings",
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "FLEET_MEDIA_ROOT": str(tmp_path / "media"),
+           "CELERY_TASK_DEFAULT_QUEUE": f"fleet-test-{uuid.uuid4().hex[:8]}"}
     from io import StringIO
 
     out = StringIO()
@@ -203,6 +224,8 @@ def stack(transactional_db, template_disk, tmp_path) -> Stack:
     finally:
         for agent in getattr(locals().get("s"), "agents", []):
             agent.stop()
+        for proc in getattr(locals().get("s"), "workers", []):
+            stop_process(proc)
         api.close()
         stop_process(server)
 
