@@ -399,7 +399,7 @@ def test_an_agent_killed_mid_download_resumes_after_a_restart_and_never_boots_a_
     ranges = [r for _, r in payload_server.requests]
     assert ranges[0] is None and ranges[-1] is not None
     assert int(ranges[-1][len("bytes="):-1]) >= have            # continued from the partial file
-    assert f"resuming the download of 2.0.0 at byte" in err
+    assert "resuming the download of 2.0.0 at byte" in err
     assert vector(disk, "USR-B") == (2, 1, 0)
 
 
