@@ -432,6 +432,10 @@ class UpdateEngine:
                 last.update(progress=value, time=now)
                 asyncio.run_coroutine_threadsafe(self._report_progress(value), loop)
 
+        for stale in path.parent.glob("*.part") if path.parent.exists() else ():
+            if stale != path:                        # one update at a time: older partials are dead
+                log.info("removing the stale partial download %s", stale.name)
+                stale.unlink(missing_ok=True)
         if path.exists():
             log.info("resuming the download of %s at byte %d", offer.version, path.stat().st_size)
         await asyncio.to_thread(download, offer.url, path, offer.size, progress=progress, stop=self.stop)
