@@ -21,9 +21,9 @@ from fleetweb.fleet.choices import EventKind
 from fleetweb.fleet.models import Event, Group
 from fleetweb.tenancy.choices import Role
 
-from .choices import HostUpdateState, RolloutStatus
+from .choices import ChannelName, HostUpdateState, RolloutStatus
 from .forms import ReleaseChoiceForm, ReleaseUploadForm, RolloutPolicyForm
-from .models import Channel, ChannelRelease, Release, Rollout, RolloutHost, UpdateError
+from .models import Channel, ChannelRelease, Release, Rollout, UpdateError
 
 INVALID = 422   # input to fix (form errors)
 CONFLICT = 409  # refused in this state (promotion blocked, rollout already paused, ...)
@@ -134,7 +134,7 @@ def _channel_board(request, errors=None, confirm=None, **extra) -> dict:
     columns = []
     for ch in channels:
         history = list(ch.history.select_related("release", "previous")[:HISTORY_LENGTH])
-        source = by_name.get(_before(ch.name))
+        source = by_name.get(ChannelName.before(ch.name))
         candidate = source.current_release if source else None
         blocker = None
         if candidate is not None:
@@ -157,12 +157,6 @@ def _channel_board(request, errors=None, confirm=None, **extra) -> dict:
                "nav": "channels"}
     context.update(extra)
     return context
-
-
-def _before(name: str) -> str | None:
-    from .choices import ChannelName
-
-    return ChannelName.before(name)
 
 
 def _board_response(request, status=200, **extra):

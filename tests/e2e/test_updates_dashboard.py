@@ -99,8 +99,13 @@ def test_a_release_uploaded_and_published_in_the_browser_rolls_out_live(stack, w
     shot(page, "rollout")
 
     page.goto(f"{stack.url}/hosts/{agent.host_id}/")
+    # The host page follows the agent live: its reported state and queued events arrive after the
+    # reconnect, so wait for them rather than for a fixed time.
     timeline = page.locator("#host-update-timeline")
-    expect(timeline).to_contain_text("Rebooted into new version")
+    expect(timeline).to_contain_text("Rebooted into new version", timeout=20_000)
+    expect(timeline).to_contain_text("Update installed", timeout=20_000)
+    expect(page.locator("#host-detail .headline")).to_contain_text("200.0.0", timeout=20_000)
+    expect(timeline.locator(".ab-part--active")).to_contain_text("200.0.0", timeout=20_000)
     expect(timeline.locator(".flip").last).to_contain_text("→")
     shot(page, "host-updated")
 

@@ -3,9 +3,9 @@
 the fleet app's pages (group rollout policy, host update timeline) and bring their own data."""
 from __future__ import annotations
 
-from django import template
 from datetime import timedelta
 
+from django import template
 from django.utils import timezone
 
 from agent import signing
