@@ -141,6 +141,8 @@ def download(url: str, dest: Path, size: int, *, progress: Callable[[int], None]
             have = 0
         if have == size:
             return
+        if have:
+            log.info("resuming the download at byte %d of %d (Range)", have, size)
         try:
             _fetch(url, dest, have, size, progress, stop, timeout)
         except _Cut as exc:
@@ -155,7 +157,18 @@ def download(url: str, dest: Path, size: int, *, progress: Callable[[int], None]
                 raise Cancelled() from None
 
 
+def _rate_limit() -> float:
+    """Bytes per second an agent may download (FLEET_AGENT_DOWNLOAD_RATE; 0 or unset: no limit).
+    A fleet-wide cap keeps a rollout from saturating a site's uplink."""
+    try:
+        return max(float(os.environ.get("FLEET_AGENT_DOWNLOAD_RATE", "0") or 0), 0.0)
+    except ValueError:
+        log.warning("FLEET_AGENT_DOWNLOAD_RATE must be a number of bytes per second; ignoring it")
+        return 0.0
+
+
 def _fetch(url, dest: Path, have: int, size: int, progress, stop, timeout) -> None:
+    rate, started, start_have = _rate_limit(), time.monotonic(), have
     headers = {"User-Agent": f"fleet-agent/{AGENT_VERSION}", "Accept-Encoding": "identity"}
     if have:
         headers["Range"] = f"bytes={have}-"
@@ -194,6 +207,14 @@ def _fetch(url, dest: Path, have: int, size: int, progress, stop, timeout) -> No
                     have += len(chunk)
                     if progress is not None:
                         progress(have)
+                    if rate:
+                        ahead = (have - start_have) / rate - (time.monotonic() - started)
+                        if ahead > 0:
+                            fh.flush()
+                            if stop is not None and stop.wait(ahead):
+                                raise Cancelled()
+                            elif stop is None:
+                                time.sleep(ahead)
             except (http.client.IncompleteRead, OSError) as exc:
                 fh.flush()
                 os.fsync(fh.fileno())
