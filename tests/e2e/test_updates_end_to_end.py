@@ -221,8 +221,9 @@ def test_a_worker_killed_mid_rollout_leaves_a_rollout_that_continues_without_gra
     agents = [stack.spawn_agent(f"wk-{i}") for i in range(3)]
     wait_for(lambda: stack.api.get("/api/v1/hosts/", params={"online": "true"}).json()["count"] == 3,
              timeout=30, what="hosts online")
-    for a in agents:  # slow downloads keep each host in flight long enough to kill the worker meanwhile
-        pass
+    # Beat re-drives running rollouts every few seconds, as in production: a wave message the killed
+    # worker had taken but not acknowledged must not stall the rollout.
+    stack.start_beat()
     first = stack.start_worker("first")
     release = upload(stack, "200.0.0", build_payload(tmp_path, "200.0.0"))
     assert stack.api.post("/api/v1/channels/stable/publish", json={"release": release["id"]}).status_code == 200
