@@ -11,6 +11,8 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from fleetweb.updates.models import UpdateError
+
 
 class Pagination(PageNumberPagination):
     page_size = 50
@@ -24,6 +26,18 @@ class Conflict(exceptions.APIException):
     default_code = "conflict"
 
 
+class Refused(exceptions.APIException):
+    """A domain rule said no: ``detail`` says why, ``errors`` names the input to fix."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "refused"
+
+    def __init__(self, detail: str, field: str | None = None, status_code: int = status.HTTP_400_BAD_REQUEST):
+        super().__init__(detail)
+        self.status_code = status_code
+        self.errors = {field: [detail]} if field else {}
+
+
 def _flatten(detail) -> dict:
     if isinstance(detail, dict):
         return {k: [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in detail.items()}
@@ -35,6 +49,8 @@ def _flatten(detail) -> dict:
 def exception_handler(exc, context):
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
+    if isinstance(exc, UpdateError):
+        exc = Refused(exc.message, exc.field, exc.status)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound("Not found.")
     response = drf_exception_handler(exc, context)
@@ -49,7 +65,7 @@ def exception_handler(exc, context):
         body = {"detail": detail, "errors": errors}
     else:
         detail = data.get("detail") if isinstance(data, dict) else data
-        body = {"detail": str(detail), "errors": {}}
+        body = {"detail": str(detail), "errors": getattr(exc, "errors", {})}
         code = getattr(exc, "code", None) or (getattr(exc, "get_codes", lambda: None)())
         if isinstance(code, str):
             body["code"] = code
