@@ -9,6 +9,7 @@ background).  ``decide_reboot()`` is the one place that decides a reboot (agent/
 from __future__ import annotations
 
 import asyncio
+import time
 import contextlib
 import logging
 import signal
@@ -287,7 +288,8 @@ class Agent:
 
     async def emit(self, kind: str, data: dict, message: str | None = None) -> None:
         """Send an event; kept in the outbox and sent after the next hello if the connection is down."""
-        fields = {"kind": kind, "data": data, **({"message": message[:1000]} if message else {})}
+        fields = {"kind": kind, "data": data, "at": round(time.time(), 3),
+                  **({"message": message[:1000]} if message else {})}
         text = protocol.encode("event", "agent", **fields)
         log.info("event %s %s", kind, data)
         if not await self._send_soft(text):

@@ -86,6 +86,7 @@ MESSAGES: dict[str, dict[str, dict[str, tuple[tuple[type, ...], bool]]]] = {
             "kind": (_STR, True),
             "message": (_STR, False),
             "data": (_DICT, False),
+            "at": (_NUM, False),                  # when it happened (epoch seconds, agent clock)
         },
         "pong": {
             "nonce": (_STR, False),

@@ -34,6 +34,22 @@ def _bearer(scope) -> str | None:
     return None
 
 
+def _event_time(at):
+    """The agent's own time for an event it could only send after a reconnect, trusted within
+    a day in the past and never in the future (clocks drift; the order of a host's steps matters)."""
+    now = timezone.now()
+    if not isinstance(at, (int, float)) or isinstance(at, bool):
+        return now
+    from datetime import datetime, timedelta
+    from datetime import timezone as tz
+
+    try:
+        when = datetime.fromtimestamp(at, tz=tz.utc)
+    except (OverflowError, OSError, ValueError):
+        return now
+    return when if now - timedelta(days=1) <= when <= now else now
+
+
 class AgentConsumer(AsyncWebsocketConsumer):
     # Agents do not join channel-layer groups: the hub fans frames out per process.
     channel_layer_alias = "agents-use-the-hub"
@@ -152,6 +168,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
             transaction.on_commit(lambda: _host_changed(host.organization_id, host.pk))
             group = Group.objects.select_related("channel").get(pk=host.group_id)
             pending = RolloutHost.objects.in_flight_for(host.pk)
+            if pending is not None and pending.rollout.release.version == host.version:
+                pending = None  # it already runs the target; its boot report is on the way
             update = pending.rollout.release.update_frame(host.pk, pending.rollout_id,
                                                           pending.rollout.allow_downgrade) if pending else None
         self.hostname = host.hostname
@@ -215,8 +233,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
             kind = msg["kind"] if msg["kind"] in EventKind.values else EventKind.AGENT_EVENT
             detail = msg.get("message") or data.get("reason") or data.get("message") or ""
             version = data.get("version")
-            Event.objects.record(self.organization_id, kind,
-                                 f"Host {self.hostname}: {EventKind(kind).label.lower() if kind != EventKind.AGENT_EVENT else msg['kind']}"
+            Event.objects.record(self.organization_id, kind, created=_event_time(msg.get("at")),
+                                 message=f"Host {self.hostname}: {EventKind(kind).label.lower() if kind != EventKind.AGENT_EVENT else msg['kind']}"
                                  + (f" {version}" if isinstance(version, str) else "")
                                  + (f": {str(detail)[:300]}" if detail else ""),
                                  host_id=self.host_id, group_id=self.group_id,

@@ -30,8 +30,10 @@ class EnrollmentError(Exception):
 
 class EventManager(models.Manager):
     def record(self, organization_id: int, kind: str, message: str, *, host=None, group=None,
-               host_id=None, group_id=None, actor: str = "", data: dict | None = None) -> "Event":
+               host_id=None, group_id=None, actor: str = "", data: dict | None = None,
+               created=None) -> "Event":
         event = self.create(organization_id=organization_id, kind=kind, message=message,
+                            created=created or timezone.now(),
                             host_id=host.pk if host is not None else host_id,
                             group_id=group.pk if group is not None else group_id,
                             actor=actor, data=data or {})
