@@ -9,10 +9,10 @@ background).  ``decide_reboot()`` is the one place that decides a reboot (agent/
 from __future__ import annotations
 
 import asyncio
-import time
 import contextlib
 import logging
 import signal
+import time
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 

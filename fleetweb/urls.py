@@ -1,7 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
-from fleetweb.core.health import healthz
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from fleetweb.core.health import healthz
 
 api_patterns = [
     path("", include("fleetweb.fleet.api.urls")),

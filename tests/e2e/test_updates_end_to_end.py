@@ -2,18 +2,14 @@
 processes on disk images.  Everything is driven and checked through the REST API."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from datetime import datetime
 from pathlib import Path
 
-import pytest
-
 from agent import disk
 
 from .conftest import BIN, wait_for
-
 
 
 def build_payload(tmp_path: Path, version: str) -> Path:
@@ -218,7 +214,8 @@ def test_a_worker_killed_mid_rollout_leaves_a_rollout_that_continues_without_gra
     import signal
 
     set_policy(stack, max_in_flight=1)
-    agents = [stack.spawn_agent(f"wk-{i}") for i in range(3)]
+    for i in range(3):
+        stack.spawn_agent(f"wk-{i}")
     wait_for(lambda: stack.api.get("/api/v1/hosts/", params={"online": "true"}).json()["count"] == 3,
              timeout=30, what="hosts online")
     # Beat re-drives running rollouts every few seconds, as in production: a wave message the killed
