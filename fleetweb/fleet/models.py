@@ -158,10 +158,15 @@ class Group(models.Model):
         from fleetweb.updates.models import SigningKey
 
         key = SigningKey.objects.active(self.organization_id)
-        return {"signing_key": key.public_key, "signing_key_id": key.key_id} if key else {}
+        if key is None:
+            return {}
+        fields = {"signing_key": key.public_key, "signing_key_id": key.key_id}
+        if key.endorsement:
+            fields["signing_key_endorsement"] = key.endorsement
+        return fields
 
     @transaction.atomic
-    def apply_changes(self, changes: dict, actor: str = "") -> list[str]:
+    def apply_changes(self, changes: dict, actor: str = "", force_push: bool = False) -> list[str]:
         """Change policy fields, bump the revision, log it and push the policy to connected agents.
 
         ``changes`` holds validated values.  Returns the names of the fields that changed.
@@ -173,7 +178,7 @@ class Group(models.Model):
         self.full_clean(exclude=["organization", "slug", "name"] if "name" not in changes else ["organization"])
         changed = [f for f in self.POLICY_FIELDS if getattr(self, f) != old[f]]
         other = [f for f in changes if f not in self.POLICY_FIELDS]
-        if changed:
+        if changed or force_push:
             self.policy_revision = locked.policy_revision + 1
         self.save()
         if "channel" in changed:
@@ -192,7 +197,7 @@ class Group(models.Model):
             Event.objects.record(self.organization_id, EventKind.GROUP_CHANGED,
                                  f"Group {self.name} changed: {', '.join(rest)}", group=self, actor=actor,
                                  data={"fields": rest})
-        if changed:
+        if changed or force_push:
             frame = self.policy()
             transaction.on_commit(lambda: self.push_policy(frame))
         return changed + other

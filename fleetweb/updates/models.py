@@ -74,6 +74,12 @@ class SigningKeyManager(models.Manager):
         old = self.active(organization)
         self.filter(organization=organization, retired_at__isnull=True).update(retired_at=timezone.now())
         new = self.generate(organization)
+        if old is not None:
+            # The old key vouches for the new one: that is what lets agents that pinned it follow.
+            new.endorsement = signing.endorse(_fernet().decrypt(old.private_encrypted.encode()), new.public_key)
+            new.save(update_fields=["endorsement"])
+        for group in organization.groups.all():
+            group.apply_changes({}, actor=actor, force_push=True)
         Event.objects.record(organization.pk, EventKind.KEY_ROTATED,
                              f"Release signing key rotated: {old.key_id if old else 'none'} → {new.key_id}",
                              actor=actor, data={"old": old.key_id if old else None, "new": new.key_id})
@@ -85,6 +91,7 @@ class SigningKey(models.Model):
     key_id = models.CharField(max_length=16)
     public_key = models.CharField(max_length=64)
     private_encrypted = models.TextField(help_text="Ed25519 private key, Fernet-encrypted at rest")
+    endorsement = models.TextField(blank=True, help_text="signature of this public key by the key it replaced")
     created = models.DateTimeField(default=timezone.now)
     retired_at = models.DateTimeField(null=True, blank=True)
 
@@ -107,6 +114,9 @@ class ReleaseManager(models.Manager):
                            sha256: str | None = None, notes: str = "", actor: str = "") -> "Release":
         """Stream an uploaded payload to the store, check it against the declared size and hash,
         sign it and record it.  On any refusal nothing is stored (no row, no file)."""
+        from fleetweb.fleet.choices import EventKind
+        from fleetweb.fleet.models import Event
+
         version = (version or "").strip()
         if not VERSION_RE.match(version):
             raise UpdateError(f"'{version}' is not a version like 1234.5.6", "version")
@@ -140,6 +150,10 @@ class ReleaseManager(models.Manager):
                                       signature=key.sign(version, written, actual), signing_key=key,
                                       payload=str(final.relative_to(settings.FLEET_MEDIA_ROOT)), notes=notes,
                                       created_by=actor)
+                Event.objects.record(organization.pk, EventKind.RELEASE_CREATED,
+                                     f"Release {version} uploaded ({written} bytes, sha256 {actual[:12]}…, "
+                                     f"key {key.key_id})", actor=actor,
+                                     data={"release": version, "size": written, "sha256": actual})
                 os.replace(tmp, final)
             return release
         finally:

@@ -92,11 +92,6 @@ def release_list(request):
                 form.add_error(exc.field if exc.field in form.fields else None, exc.message)
                 return render(request, "updates/release_list.html", _release_list_context(request, form),
                               status=_status(exc))
-            Event.objects.record(request.organization.pk, EventKind.RELEASE_CREATED,
-                                 f"Release {release.version} uploaded ({release.size} bytes, "
-                                 f"sha256 {release.sha256[:12]}…, key {release.signing_key.key_id})",
-                                 actor=_actor(request), data={"release": release.version, "size": release.size,
-                                                              "sha256": release.sha256})
             return redirect("release-detail", pk=release.pk)
         return render(request, "updates/release_list.html", _release_list_context(request, form), status=INVALID)
     if request.method != "GET":

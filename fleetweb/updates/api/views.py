@@ -14,8 +14,6 @@ from rest_framework.views import APIView
 
 from fleetweb.core.api import Conflict, Refused
 from fleetweb.fleet.api.serializers import ErrorSerializer
-from fleetweb.fleet.choices import EventKind
-from fleetweb.fleet.models import Event
 from fleetweb.tenancy.api.base import OrganizationScoped
 from fleetweb.tenancy.choices import Role
 
@@ -80,11 +78,6 @@ class ReleaseViewSet(OrganizationScoped, mixins.ListModelMixin, mixins.RetrieveM
         release = Release.objects.create_from_upload(
             request.organization, data["version"], data["payload"], size=data.get("size"), sha256=data.get("sha256"),
             notes=data["notes"], actor=self.actor)
-        Event.objects.record(request.organization.pk, EventKind.RELEASE_CREATED,
-                             f"Release {release.version} uploaded ({release.size} bytes, "
-                             f"sha256 {release.sha256[:12]}…, key {release.signing_key.key_id})",
-                             actor=self.actor, data={"release": release.version, "size": release.size,
-                                                     "sha256": release.sha256})
         return Response(ReleaseSerializer(self.get_queryset().get(pk=release.pk)).data,
                         status=status.HTTP_201_CREATED)
 

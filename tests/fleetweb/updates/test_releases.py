@@ -52,3 +52,19 @@ def test_it_refuses_a_duplicate_version_with_a_conflict(acme, make_release):
         make_release("101.0.0")
     assert err.value.status == 409
     assert Release.objects.count() == 1
+
+
+def test_a_rotated_key_is_endorsed_by_the_old_one_and_pushed_to_agents(acme, web_group):
+    from fleetweb.updates.models import SigningKey
+
+    old = SigningKey.objects.active(acme)
+    revision = web_group.policy_revision
+    new = SigningKey.objects.rotate(acme, actor="alice")
+    signing.verify_rotation(old.public_key, new.public_key, new.endorsement)
+    web_group.refresh_from_db()
+    policy = web_group.policy()
+    assert policy["revision"] == revision + 1
+    assert policy["signing_key"] == new.public_key and policy["signing_key_endorsement"] == new.endorsement
+    assert SigningKey.objects.active(acme) == new
+    with pytest.raises(signing.SignatureError):
+        signing.verify_rotation(new.public_key, old.public_key, new.endorsement)
