@@ -168,8 +168,11 @@ class AgentConsumer(AsyncWebsocketConsumer):
             transaction.on_commit(lambda: _host_changed(host.organization_id, host.pk))
             group = Group.objects.select_related("channel").get(pk=host.group_id)
             pending = RolloutHost.objects.in_flight_for(host.pk)
-            if pending is not None and pending.rollout.release.version == host.version:
-                pending = None  # it already runs the target; its boot report is on the way
+            if pending is not None and (rebooted or pending.rollout.release.version == host.version):
+                # Re-offer a grant only to an agent that restarted within the same boot (it resumes
+                # its download).  After a reboot the install happened: its report is on the way,
+                # possibly still queued on the old socket.
+                pending = None
             update = pending.rollout.release.update_frame(host.pk, pending.rollout_id,
                                                           pending.rollout.allow_downgrade) if pending else None
         self.hostname = host.hostname

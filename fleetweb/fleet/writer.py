@@ -11,7 +11,7 @@ import asyncio
 import logging
 
 from channels.db import database_sync_to_async
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,15 @@ class StatusWriter:
         from .models import Host
 
         close_old_connections()
-        objs = [Host(pk=pk, **{f: fields[f] for f in FIELDS}) for pk, (_conn, fields) in batch.items()]
-        Host.objects.bulk_update(objs, FIELDS, batch_size=1000)
+        with transaction.atomic():
+            # Only the host's current connection may write its state: a frame from a socket that a
+            # reconnect (e.g. after a reboot) replaced must not overwrite the fresh hello.
+            current = dict(Host.objects.select_for_update().filter(pk__in=list(batch))
+                           .values_list("pk", "connection_id"))
+            objs = [Host(pk=pk, **{f: fields[f] for f in FIELDS}) for pk, (conn, fields) in batch.items()
+                    if current.get(pk) == conn]
+            if objs:
+                Host.objects.bulk_update(objs, FIELDS, batch_size=1000)
 
 
 writer = StatusWriter()

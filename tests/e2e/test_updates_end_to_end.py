@@ -152,7 +152,7 @@ def test_a_wrong_signature_is_refused_before_downloading(stack, tmp_path):
 
 def test_a_release_that_does_not_boot_rolls_each_host_back_and_halts_the_rollout(stack, tmp_path):
     stack.start_worker()
-    set_policy(stack, max_in_flight=2, failure_threshold=2)
+    set_policy(stack, max_in_flight=2, failure_threshold=1)
     agents = [stack.spawn_agent(f"boot-{i}") for i in range(3)]
     wait_for(lambda: stack.api.get("/api/v1/hosts/", params={"online": "true"}).json()["count"] == 3,
              timeout=30, what="hosts online")
@@ -161,10 +161,14 @@ def test_a_release_that_does_not_boot_rolls_each_host_back_and_halts_the_rollout
     release = upload(stack, "300.0.0", junk)
     assert stack.api.post("/api/v1/channels/stable/publish", json={"release": release["id"]}).status_code == 200
 
-    halted = wait_for(lambda: (ro := rollout_of(stack, "300.0.0")) and ro["status"] == "halted" and ro,
-                      timeout=120, interval=0.5, what="the rollout to halt")
+    # Both hosts of the first wave (M=2) install it, fail their boot and fall back; the first
+    # failure halts the rollout (threshold 1), so the third host is never granted.
+    halted = wait_for(lambda: (ro := rollout_of(stack, "300.0.0")) and ro["status"] == "halted"
+                      and ro["counts"]["rolled_back"] == 2 and ro, timeout=120, interval=0.5,
+                      what="the rollout to halt with both in-flight hosts rolled back")
     rolled = [h for h in rollout_hosts(stack, halted["id"]) if h["state"] == "rolled_back"]
     assert len(rolled) == 2 and halted["counts"]["pending"] == 1
+    assert all("USR-B" in h["error"] or "health" in h["error"] or "release" in h["error"] for h in rolled), rolled
     for agent in agents:
         host = stack.host(agent.host_id)
         if host["hostname"] in {h["hostname"] for h in rolled}:
