@@ -79,6 +79,9 @@ INSTALLED_APPS = [
     "fleetweb.tenancy",
     "fleetweb.updates",
     "fleetweb.fleet",
+    "fleetweb.reboots",
+    "fleetweb.builds",
+    "fleetweb.cloudconfig",
 ]
 
 MIDDLEWARE = [

@@ -8,6 +8,9 @@ api_patterns = [
     path("", include("fleetweb.fleet.api.urls")),
     path("", include("fleetweb.updates.api.urls")),
     path("", include("fleetweb.tenancy.api.urls")),
+    path("", include("fleetweb.reboots.api.urls")),
+    path("", include("fleetweb.builds.api.urls")),
+    path("", include("fleetweb.cloudconfig.api.urls")),
 ]
 
 urlpatterns = [
@@ -19,4 +22,7 @@ urlpatterns = [
     path("", include("fleetweb.core.urls")),
     path("", include("fleetweb.fleet.urls")),
     path("", include("fleetweb.updates.urls")),
+    path("", include("fleetweb.reboots.urls")),
+    path("", include("fleetweb.builds.urls")),
+    path("", include("fleetweb.cloudconfig.urls")),
 ]

@@ -12,6 +12,7 @@ from django.utils.text import slugify
 from agent import window as reboot_window
 from fleetweb.core import secrets
 
+from . import policy as policy_extras
 from .choices import EventKind, RebootStrategy
 
 
@@ -152,6 +153,7 @@ class Group(models.Model):
             "heartbeat_interval": settings.FLEET_HEARTBEAT_INTERVAL,
             "updates_enabled": self.updates_enabled,
             **self.signing_key_fields(),
+            **policy_extras.extra_fields(self),
         }
 
     def signing_key_fields(self) -> dict:

@@ -1,0 +1,24 @@
+"""What other domains add to a group's `policy` frame.
+
+Apps register a contributor in their AppConfig.ready(); `Group.policy()` merges the fields each
+returns (e.g. reboots: etcd credentials and lock settings; cloudconfig: the effective document's
+revision).  A contributor takes the group and returns a dict of protocol fields.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+_contributors: list[Callable] = []
+
+
+def contributor(func: Callable) -> Callable:
+    if func not in _contributors:
+        _contributors.append(func)
+    return func
+
+
+def extra_fields(group) -> dict:
+    fields: dict = {}
+    for func in _contributors:
+        fields.update(func(group) or {})
+    return fields
