@@ -47,6 +47,7 @@ _BOOL = (bool,)
 _LIST = (list,)
 _DICT = (dict,)
 _OPT_STR = (str, type(None))
+_PEM_FIELDS = ("etcd_ca", "etcd_cert", "etcd_key")    # PEM text (a CA bundle may be long)
 
 PARTITION_FIELDS = {
     "label": (_STR, True),
@@ -102,6 +103,15 @@ MESSAGES: dict[str, dict[str, dict[str, tuple[tuple[type, ...], bool]]]] = {
             "reboot_window_length": (_OPT_STR, False),
             "etcd_endpoints": (_LIST, False),
             "lock_group": (_STR, False),
+            # reboot coordination (issue 4): the org's etcd prefix ("fleet/<org slug>/"), its etcd
+            # user, TLS material as PEM text, and the group's max concurrent reboots (semaphore max)
+            "etcd_prefix": (_OPT_STR, False),
+            "etcd_username": (_OPT_STR, False),
+            "etcd_password": (_OPT_STR, False),
+            "etcd_ca": (_OPT_STR, False),
+            "etcd_cert": (_OPT_STR, False),
+            "etcd_key": (_OPT_STR, False),
+            "max_concurrent_reboots": (_INT, False),
             "heartbeat_interval": (_NUM, False),
             "updates_enabled": (_BOOL, False),
             "signing_key": (_OPT_STR, False),     # base64 Ed25519 public key (pinned on first use)
@@ -145,7 +155,7 @@ def _check_fields(kind: str, obj: dict, spec: dict) -> None:
             raise ProtocolError(ERR_INVALID, f"{kind}: field '{name}' has the wrong type")
         if not isinstance(value, types):
             raise ProtocolError(ERR_INVALID, f"{kind}: field '{name}' has the wrong type")
-        if isinstance(value, str) and len(value) > 4096:
+        if isinstance(value, str) and len(value) > (65536 if name in _PEM_FIELDS else 4096):
             raise ProtocolError(ERR_INVALID, f"{kind}: field '{name}' is too long")
 
 
