@@ -10,9 +10,9 @@ leave it (``..``, ``.``, absolute paths, empty segments, control characters, the
 A key is *marked JSON* by a metadata key ``<scope>_meta/<key>`` holding ``{"type": "json"}``; the
 value and its marker are written in one transaction, and a marked key only ever stores valid JSON.
 
-The client follows DESIGN §5: endpoints with ``time_retry=0`` (a failed node is not shunned for
-five minutes), ``call_credentials = None`` for auth over plain HTTP (the token travels as
-metadata), and the client is rebuilt once when etcd says "invalid auth token".
+The client comes from agent/etcd.py (one factory for agent and server, DESIGN §5 pitfalls
+handled there: ``time_retry=0``, ``call_credentials = None`` over plain HTTP, re-login on
+"invalid auth token").
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ import re
 import threading
 import time
 from dataclasses import asdict, dataclass
-from urllib.parse import urlparse
 
 from django.conf import settings
 
@@ -71,38 +70,28 @@ def configured() -> bool:
     return bool(getattr(settings, "ETCD_ENDPOINTS", None))
 
 
-def make_client(endpoints: list[str] | None = None, *, user: str | None = None, password: str | None = None,
-                timeout: float = 5.0):
-    """A pyetcd client for ENDPOINTS (default settings.ETCD_ENDPOINTS) with the settings' TLS files
-    (``ETCD_CA_FILE``, ``ETCD_CERT_FILE``, ``ETCD_KEY_FILE``) and user (``ETCD_USERNAME``/``ETCD_PASSWORD``)
-    when present."""
-    import pyetcd
+def make_client(endpoints: list[str] | None = None, *, timeout: float | None = 5.0):
+    """The shared client factory (agent/etcd.py: failover, ``time_retry=0``, TLS, auth re-login)
+    configured from settings: ETCD_ENDPOINTS, and when present ETCD_USERNAME/ETCD_PASSWORD and
+    ETCD_CA_FILE/ETCD_CERT_FILE/ETCD_KEY_FILE."""
+    from agent.etcd import EtcdClient
 
     endpoints = list(endpoints if endpoints is not None else getattr(settings, "ETCD_ENDPOINTS", []))
     if not endpoints:
         raise EtcdUnavailable("etcd is not configured (ETCD_ENDPOINTS is empty).")
-    user = user if user is not None else getattr(settings, "ETCD_USERNAME", None)
-    password = password if password is not None else getattr(settings, "ETCD_PASSWORD", None)
-    ca, cert, key = (getattr(settings, name, None) for name in ("ETCD_CA_FILE", "ETCD_CERT_FILE", "ETCD_KEY_FILE"))
-    eps = []
-    for url in endpoints:
-        u = urlparse(url)
-        secure = u.scheme == "https"
-        creds = pyetcd.MultiEndpointEtcd3Client.get_secure_creds(ca, key, cert) if secure else None
-        eps.append(pyetcd.Endpoint(u.hostname, u.port, secure=secure, creds=creds, time_retry=0))
-    try:
-        client = pyetcd.MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, user=user, password=password,
-                                                 failover=True)
-    except Exception as exc:
-        raise EtcdUnavailable(f"etcd at {', '.join(endpoints)} is not reachable: {_describe(exc)}") from None
-    if user and not all(ep.secure for ep in eps):
-        client.call_credentials = None  # the token goes as metadata; grpc refuses call creds over plain HTTP
-    return client
+    return EtcdClient(endpoints, user=getattr(settings, "ETCD_USERNAME", None),
+                      password=getattr(settings, "ETCD_PASSWORD", None), ca=getattr(settings, "ETCD_CA_FILE", None),
+                      cert=getattr(settings, "ETCD_CERT_FILE", None), key=getattr(settings, "ETCD_KEY_FILE", None),
+                      timeout=timeout)
 
 
 def _describe(exc: Exception) -> str:
     details = getattr(exc, "details", None)
-    return (details() if callable(details) else None) or str(exc) or type(exc).__name__
+    try:
+        text = details() if callable(details) else None
+    except Exception:  # pragma: no cover
+        text = None
+    return text or str(exc) or type(exc).__name__
 
 
 _client = None
@@ -110,7 +99,7 @@ _client_lock = threading.Lock()
 
 
 def client():
-    """The process's shared client (built on first use)."""
+    """The process's shared client (built on first use; it reconnects and re-logs in by itself)."""
     global _client
     with _client_lock:
         if _client is None:
@@ -123,32 +112,24 @@ def reset_client() -> None:
     with _client_lock:
         old, _client = _client, None
     if old is not None:
-        try:
-            old.close()
-        except Exception:  # pragma: no cover - closing a broken channel
-            pass
+        old.close()
 
 
 def call(fn, *, etcd=None):
-    """Run ``fn(client)``; rebuild the shared client once on "invalid auth token"; map failures."""
-    import pyetcd.exceptions
+    """Run ``fn(client)`` and turn "etcd is not there" into EtcdUnavailable."""
+    import grpc
+    import pyetcd.exceptions as pe
 
-    for attempt in (1, 2):
-        c = etcd or client()
-        try:
-            return fn(c)
-        except EtcdError:
-            raise
-        except Exception as exc:
-            text = _describe(exc)
-            if "invalid auth token" in text and attempt == 1 and etcd is None:
-                reset_client()
-                continue
-            if isinstance(exc, (pyetcd.exceptions.ConnectionFailedError, pyetcd.exceptions.ConnectionTimeoutError,
-                                pyetcd.exceptions.NoServerAvailableError)):
-                raise EtcdUnavailable(f"etcd is not reachable: {text}") from None
-            raise
-    raise AssertionError("unreachable")  # pragma: no cover
+    try:
+        return fn(etcd or client())
+    except EtcdError:
+        raise
+    except (pe.ConnectionFailedError, pe.ConnectionTimeoutError, pe.NoServerAvailableError) as exc:
+        raise EtcdUnavailable(f"etcd is not reachable: {_describe(exc)}") from None
+    except grpc.RpcError as exc:
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise EtcdUnavailable(f"etcd is not reachable: {_describe(exc)}") from None
+        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +229,7 @@ class ConfigStore:
     def _marked(self, etcd) -> set[str]:
         meta = f"{self.base}{META}/"
         marked = set()
-        for raw, m in etcd.get_prefix(meta):
+        for raw, m in etcd.call("get_prefix", meta):
             try:
                 if json.loads(_text(raw)).get("type") == "json":
                     marked.add(_text(m.key)[len(meta):])
@@ -260,7 +241,7 @@ class ConfigStore:
         def run(etcd):
             marked = self._marked(etcd)
             out = []
-            for raw, m in etcd.get_prefix(self.base, sort_order="ascend"):
+            for raw, m in etcd.call("get_prefix", self.base, sort_order="ascend"):
                 rel = _text(m.key)[len(self.base):]
                 first = rel.split("/", 1)[0]
                 if first == META or (self.group_slug is None and first == GROUPS):
@@ -407,7 +388,7 @@ class ConfigWatch(threading.Thread):
             etcd = None
             try:
                 etcd = make_client(self.endpoints, timeout=None)
-                events, self._cancel = etcd.watch_prefix(self.prefix)
+                events, self._cancel = etcd.client.watch_prefix(self.prefix)
                 self.ready.set()
                 delay = 1.0
                 for response in events:

@@ -1,0 +1,114 @@
+"""etcd discovery tokens (issue 6 §6), compatible with discovery.etcd.io.
+
+A token is a public secret: whoever has its URL can register members, exactly as with
+discovery.etcd.io, so it is 128 random bits (32 hex digits).  Each token keeps its own v2-style
+index: the size key is index 1 and every registered member takes the next one, which is what
+etcd's discovery client waits on (``?wait=true&waitIndex=N``).
+"""
+from __future__ import annotations
+
+import secrets
+
+from django.conf import settings
+from django.db import IntegrityError, models, transaction
+from django.db.models import F
+
+MAX_SIZE = 99
+DEFAULT_SIZE = 3
+
+
+class DiscoveryError(Exception):
+    """A v2 keys API error: ``code`` is etcd's errorCode, ``status`` the HTTP status."""
+
+    def __init__(self, code: int, message: str, cause: str, index: int, status: int):
+        super().__init__(message)
+        self.code, self.message, self.cause, self.index, self.status = code, message, cause, index, status
+
+    def as_dict(self) -> dict:
+        return {"errorCode": self.code, "message": self.message, "cause": self.cause, "index": self.index}
+
+
+class DiscoveryTokenManager(models.Manager):
+    def issue(self, size: int = DEFAULT_SIZE, *, organization=None, created_by=None, name: str = ""):
+        if not isinstance(size, int) or not 1 <= size <= MAX_SIZE:
+            raise ValueError(f"size must be between 1 and {MAX_SIZE}")
+        return self.create(token=secrets.token_hex(16), size=size, organization=organization,
+                           created_by=created_by, name=name[:100])
+
+
+class DiscoveryToken(models.Model):
+    token = models.CharField(max_length=32, unique=True)
+    size = models.PositiveSmallIntegerField(default=DEFAULT_SIZE)
+    name = models.CharField(max_length=100, blank=True)
+    organization = models.ForeignKey("tenancy.Organization", null=True, blank=True, on_delete=models.CASCADE,
+                                     related_name="discovery_tokens")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created = models.DateTimeField(auto_now_add=True)
+    # The v2 index of the last change under this token (1: the _config/size key).
+    index = models.PositiveBigIntegerField(default=1)
+
+    objects = DiscoveryTokenManager()
+
+    class Meta:
+        ordering = ["-created", "-id"]
+
+    def __str__(self) -> str:
+        return self.token
+
+    @property
+    def full(self) -> bool:
+        return self.members.count() >= self.size
+
+    def register(self, member_id: str, value: str) -> DiscoveryMember:
+        """Put-if-absent of MEMBER_ID (``PUT <token>/<id>?prevExist=false``).
+
+        105 "Key already exists" for a known id; refused as "cluster is full" once SIZE members
+        are registered (etcd's client checks that itself before registering; the refusal keeps a
+        racing member from being written at all).  The index is taken with a conditional UPDATE in
+        the same transaction, so two registrations never share one."""
+        with transaction.atomic():
+            token = DiscoveryToken.objects.select_for_update().get(pk=self.pk)
+            if token.members.filter(member_id=member_id).exists():
+                raise DiscoveryError(105, "Key already exists", f"/{token.token}/{member_id}", token.index, 412)
+            if token.members.count() >= token.size:
+                raise DiscoveryError(101, "cluster is full", f"/{token.token} (size {token.size})", token.index, 412)
+            DiscoveryToken.objects.filter(pk=token.pk).update(index=F("index") + 1)
+            token.refresh_from_db(fields=["index"])
+            try:
+                member = token.members.create(member_id=member_id, value=value, created_index=token.index)
+            except IntegrityError:  # a concurrent registration of the same id won
+                raise DiscoveryError(105, "Key already exists", f"/{token.token}/{member_id}", token.index,
+                                     412) from None
+        self.index = token.index
+        return member
+
+    def remove(self, member_id: str) -> bool:
+        with transaction.atomic():
+            deleted, _ = self.members.filter(member_id=member_id).delete()
+            if deleted:
+                DiscoveryToken.objects.filter(pk=self.pk).update(index=F("index") + 1)
+        return bool(deleted)
+
+
+class DiscoveryMember(models.Model):
+    token = models.ForeignKey(DiscoveryToken, on_delete=models.CASCADE, related_name="members")
+    member_id = models.CharField(max_length=32)
+    value = models.TextField()
+    created_index = models.PositiveBigIntegerField()
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_index"]
+        constraints = [models.UniqueConstraint(fields=["token", "member_id"], name="discovery_member_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.member_id}={self.value}"
+
+    @property
+    def name(self) -> str:
+        return self.value.split("=", 1)[0] if "=" in self.value else ""
+
+    @property
+    def peer_urls(self) -> list[str]:
+        return self.value.split("=", 1)[1].split(",") if "=" in self.value else [self.value]
