@@ -20,7 +20,7 @@ SYSTEM_DEPS := \
 	qemu-img:qemu-utils \
 	chromium:chromium
 
-.PHONY: help deps system-deps run test bench lint clean distclean
+.PHONY: help deps system-deps run demo-update test bench lint clean distclean
 
 help:
 	@echo "make run    - full local stack (web, worker, beat, Redis, etcd, 3 simulated hosts)"
@@ -61,6 +61,12 @@ $(STAMP): requirements.txt pyproject.toml | $(PY)
 
 run: deps
 	$(PY) scripts/devstack.py
+
+# Demo scenarios against a running `make run` (SCENARIO=good|bad-payload|bad-boot).
+SCENARIO ?= good
+demo-update:
+	@test -f var/demo/env.sh || { echo "start the stack first: make run"; exit 1; }
+	. var/demo/env.sh && $(PY) manage.py demo_update $(SCENARIO)
 
 test: deps
 	scripts/test.sh

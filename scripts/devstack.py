@@ -182,6 +182,10 @@ class Stack:
         env["PYTHONUNBUFFERED"] = "1"
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
         self.env = env
+        # Other terminals (make demo-update, manage.py) talk to the same stack with this.
+        DEMO.mkdir(parents=True, exist_ok=True)
+        keys = ("DATABASE_URL", "REDIS_URL", "ETCD_ENDPOINTS", "FLEET_PUBLIC_URL", "FLEET_MEDIA_ROOT")
+        (DEMO / "env.sh").write_text("".join(f"export {k}='{env[k]}'\n" for k in keys if env.get(k)))
         say("devstack", f"DATABASE_URL={env['DATABASE_URL']} REDIS_URL={env.get('REDIS_URL', '')} "
                         f"ETCD_ENDPOINTS={env.get('ETCD_ENDPOINTS', '')} FLEET_PUBLIC_URL={env['FLEET_PUBLIC_URL']}")
 
@@ -342,6 +346,10 @@ class Stack:
             f"  API key:   {boot['api_key']}   (Authorization: Bearer ...; {DEMO / 'bootstrap.json'})",
             f"  API docs:  {self.base_url}/api/docs/",
             f"  hosts:     {', '.join(sorted(self.agents)) or 'none'} (group {boot['group']})",
+            "  Updates (another terminal):",
+            "    make demo-update SCENARIO=good         a release rolls through the hosts (A/B flip)",
+            "    make demo-update SCENARIO=bad-payload  damaged payload: refused before the disk",
+            "    make demo-update SCENARIO=bad-boot     does not boot: hosts fall back, rollout halts",
             "  Ctrl-C stops everything.",
             "=" * 64,
             "",
