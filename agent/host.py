@@ -24,6 +24,7 @@ log = logging.getLogger("agent.host")
 
 BY_PARTLABEL = Path("/dev/disk/by-partlabel")
 SIM_BOOT_FILE = "simulated-boot.json"
+SYSTEMCTL_LOG = "systemctl.log"       # systemctl calls recorded on a disk-image / scratch-root host
 
 
 class HostError(Exception):
@@ -204,6 +205,37 @@ class Host:
     @staticmethod
     def active_version(partitions: list[dict]) -> str | None:
         return next((p["version"] for p in partitions if p["active"]), None)
+
+    @property
+    def scratch(self) -> bool:
+        """A disk image or a scratch root: nothing may touch the machine's own systemd."""
+        if os.path.realpath(self.root) != "/":
+            return True
+        try:
+            return self.simulated
+        except HostError:
+            return False
+
+    def systemctl(self, args: list[str]) -> int:
+        """Run ``systemctl ARGS`` (cloud-config unit commands); recorded, one JSON line per call,
+        in the state dir's systemctl.log on a scratch host.  Returns the exit code."""
+        if self.scratch:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.state_dir / SYSTEMCTL_LOG, "a") as fh:
+                fh.write(json.dumps({"args": list(args), "root": os.fspath(self.root)}) + "\n")
+            return 0
+        log.info("systemctl %s", " ".join(args))
+        try:
+            return subprocess.run(["systemctl", *args], check=False, timeout=120).returncode
+        except subprocess.TimeoutExpired:
+            return 124
+
+    def systemctl_calls(self) -> list[list[str]]:
+        try:
+            lines = (self.state_dir / SYSTEMCTL_LOG).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line)["args"] for line in lines if line.strip()]
 
     def reboot(self) -> str | None:
         """Reboot. Simulated on a disk image: gptprio choice, new boot id (returned)."""
