@@ -85,3 +85,22 @@ def verify_rotation(pinned_public_key_b64: str, new_public_key_b64: str, endorse
         key.verify(base64.b64decode(endorsement_b64, validate=True), rotation_message(new_public_key_b64))
     except (ValueError, TypeError, InvalidSignature):
         raise SignatureError("the new signing key is not endorsed by the pinned key") from None
+
+
+def sign_bytes(private_raw: bytes, data: bytes) -> str:
+    """A detached Ed25519 signature (base64) over ``data`` as is: e.g. an image build's SHA256SUMS.
+
+    Nothing else signed with the key can collide with it: release and rotation messages begin
+    with their scheme names, a SHA256SUMS file with a hex digest.
+    """
+    key = Ed25519PrivateKey.from_private_bytes(private_raw)
+    return base64.b64encode(key.sign(data)).decode()
+
+
+def verify_bytes(public_key_b64: str, signature_b64: str, data: bytes) -> None:
+    """Raise SignatureError unless ``signature_b64`` is the key's signature over ``data``."""
+    try:
+        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key_b64, validate=True))
+        key.verify(base64.b64decode(signature_b64.strip(), validate=True), data)
+    except (ValueError, TypeError, InvalidSignature):
+        raise SignatureError("signature does not match the signed file") from None

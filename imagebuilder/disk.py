@@ -14,13 +14,17 @@ filesystem UUIDs are derived from the inputs, mkfs runs with fixed UUIDs, hash s
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 from agent import disk as gpt
 
@@ -39,12 +43,79 @@ GUID_NAMESPACE = uuid.UUID("6b1f6f3e-4a59-5c1e-9d0e-f1ee7febd15c")
 
 TOOLS = {
     "mkfs.ext2": "e2fsprogs", "mkfs.ext4": "e2fsprogs", "debugfs": "e2fsprogs",
-    "mkfs.vfat": "dosfstools", "mcopy": "mtools", "sfdisk": "fdisk",
+    "mkfs.vfat": "dosfstools", "mcopy": "mtools", "sfdisk": "fdisk", "qemu-img": "qemu-utils",
+    "qemu-system-x86_64": "qemu-system-x86", "tar": "tar", "gzip": "gzip", "apt-get": "apt",
+    "dpkg-deb": "dpkg",
 }
 
 
 class BuildError(Exception):
     """A build step failed; the message says what to fix."""
+
+
+class ToolError(BuildError):
+    """An external tool failed: which one, its exit code and its stderr (kept whole)."""
+
+    def __init__(self, tool: str, returncode: int, stderr: str, cmd: list[str] | None = None) -> None:
+        self.tool, self.returncode, self.stderr, self.cmd = tool, returncode, stderr, cmd or []
+        lines = stderr.strip().splitlines()
+        super().__init__(f"{tool} failed: {lines[-1] if lines else 'exit ' + str(returncode)}")
+
+
+class Cancelled(BuildError):
+    """The build was cancelled (``BuildContext.cancelled()`` turned true)."""
+
+
+# Set by :func:`tool_hooks` so every tool run by the helpers below is logged and can be cancelled.
+_log_hook: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar("log", default=None)
+_cancel_hook: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar("cancel", default=None)
+
+
+@contextlib.contextmanager
+def tool_hooks(log: Callable[[str], None] | None, cancelled: Callable[[], bool] | None) -> Iterator[None]:
+    """Within the block, :func:`run_tool` logs each command line to ``log`` and polls ``cancelled``."""
+    t1, t2 = _log_hook.set(log), _cancel_hook.set(cancelled)
+    try:
+        yield
+    finally:
+        _log_hook.reset(t1)
+        _cancel_hook.reset(t2)
+
+
+def run_tool(cmd: list[str], *, env: dict | None = None, cwd: str | os.PathLike | None = None,
+             log: Callable[[str], None] | None = None, stdin=None, stdout=None) -> str:
+    """Run one tool; log it; kill it if the build is cancelled; raise ToolError with its stderr.
+
+    Returns its stdout as text (unless ``stdout`` redirects it to a file).
+    """
+    log = log or _log_hook.get()
+    cancelled = _cancel_hook.get()
+    if log:
+        log("$ " + " ".join(shlex.quote(str(c)) for c in cmd))
+    if cancelled and cancelled():
+        raise Cancelled("build cancelled")
+    tool = os.path.basename(str(cmd[0]))
+    try:
+        proc = subprocess.Popen([str(c) for c in cmd], stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                                stdout=stdout if stdout is not None else subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=cwd, env={**os.environ, **(env or {})})
+    except FileNotFoundError:
+        pkg = TOOLS.get(tool, tool)
+        raise ToolError(tool, 127, f"{tool} not found: install the Debian package '{pkg}'", cmd) from None
+    while True:
+        try:
+            out, err = proc.communicate(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            if cancelled and cancelled():
+                proc.kill()
+                proc.communicate()
+                raise Cancelled(f"build cancelled while {tool} ran") from None
+    text_err = (err or b"").decode(errors="replace")
+    if proc.returncode != 0:
+        text_out = (out or b"").decode(errors="replace") if stdout is None else ""
+        raise ToolError(tool, proc.returncode, text_err or text_out, cmd)
+    return (out or b"").decode(errors="replace") if stdout is None else ""
 
 
 def find_tool(name: str) -> str:
@@ -72,10 +143,7 @@ def derive_guid(*parts: object) -> str:
 
 
 def _run(cmd: list[str], env: dict | None = None) -> None:
-    res = subprocess.run(cmd, capture_output=True, env={**os.environ, **(env or {})}, check=False)
-    if res.returncode != 0:
-        err = (res.stderr or res.stdout).decode(errors="replace").strip().splitlines()
-        raise BuildError(f"{os.path.basename(cmd[0])} failed: {err[-1] if err else 'exit ' + str(res.returncode)}")
+    run_tool(cmd, env=env)
 
 
 def _sparse_file(path: Path, size: int) -> None:

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+from pathlib import Path
 
 import click
 
 from imagebuilder import disk
+from imagebuilder.build import PLATFORMS, BuildContext, ToolError, build_platform, prepare, write_sums
 
 EXIT_OK = 0
 EXIT_BUILD_FAILED = 2
+EXIT_USAGE = 64
 
 
 @click.group()
@@ -54,6 +58,62 @@ def payload_cmd(version: str, output: str, rootfs: str | None, size_mib: int, as
         click.echo(json.dumps(info, sort_keys=True))
     else:
         click.echo(f"wrote {info['path']} (version {version}, {info['size']} bytes, sha256 {info['sha256']})")
+
+
+@cli.command("build")
+@click.option("--version", "version", required=True, help="OS version (written to /share/coreos/release)")
+@click.option("--channel", default="alpha", show_default=True, help="release channel the build is for")
+@click.option("--platforms", default=",".join(PLATFORMS), show_default=True,
+              help="comma list of: " + ", ".join(PLATFORMS))
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="directory for the artifacts")
+@click.option("--rootfs", type=click.Path(exists=True), help="root filesystem: a directory or a tarball "
+              "(its usr/ goes to USR); default: the busybox + Debian cloud kernel recipe")
+@click.option("--kernel", type=click.Path(exists=True, dir_okay=False), help="kernel (vmlinuz) to boot")
+@click.option("--initrd", type=click.Path(exists=True, dir_okay=False), help="initramfs to boot")
+@click.option("--sign-key", type=click.Path(exists=True, dir_okay=False),
+              help="raw 32-byte Ed25519 private key: sign SHA256SUMS (SHA256SUMS.sig)")
+@click.option("--usr-size-mib", type=click.IntRange(8), help="USR partition size (default: from the rootfs)")
+@click.option("--keep-work", is_flag=True, help="keep OUTPUT/_work (intermediate images)")
+@click.option("--quiet", "-q", is_flag=True, help="print only the artifact table")
+def build_cmd(version: str, channel: str, platforms: str, output: str, rootfs: str | None, kernel: str | None,
+              initrd: str | None, sign_key: str | None, usr_size_mib: int | None, keep_work: bool,
+              quiet: bool) -> None:
+    """Build the disk and the platform artifacts (+ SHA256SUMS); reproducible with SOURCE_DATE_EPOCH."""
+    wanted = [p.strip() for p in platforms.split(",") if p.strip()]
+    bad = [p for p in wanted if p not in PLATFORMS]
+    if bad or not wanted:
+        click.echo(f"imagebuilder: error: --platforms: unknown {', '.join(bad) or '(none)'}; "
+                   f"choose from {', '.join(PLATFORMS)}", err=True)
+        sys.exit(EXIT_USAGE)
+    if initrd and not kernel:
+        click.echo("imagebuilder: error: --initrd needs --kernel", err=True)
+        sys.exit(EXIT_USAGE)
+    sign = None
+    if sign_key:
+        from agent import signing
+
+        raw_key = open(sign_key, "rb").read()
+        sign = lambda data: signing.sign_bytes(raw_key, data)  # noqa: E731
+    log = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+    try:
+        ctx = BuildContext(workdir=Path(output), version=version, channel=channel, rootfs=rootfs, kernel=kernel,
+                           initrd=initrd, source_date_epoch=disk.source_date_epoch(), log=log,
+                           usr_size_mib=usr_size_mib)
+        prepared = prepare(ctx)
+        artifacts = [prepared.payload_artifact()]
+        for platform in wanted:
+            artifacts += build_platform(ctx, prepared, platform)
+        artifacts += write_sums(ctx, artifacts, sign)
+    except ToolError as exc:
+        click.echo(f"imagebuilder: error: {exc}\n{exc.stderr.rstrip()}", err=True)
+        sys.exit(EXIT_BUILD_FAILED)
+    except (disk.BuildError, OSError) as exc:
+        click.echo(f"imagebuilder: error: {exc}", err=True)
+        sys.exit(EXIT_BUILD_FAILED)
+    if not keep_work:
+        shutil.rmtree(ctx.work, ignore_errors=True)
+    for a in artifacts:
+        click.echo(f"{a.platform:<10} {a.size:>12} {a.sha256}  {a.name}")
 
 
 if __name__ == "__main__":  # pragma: no cover
