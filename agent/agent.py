@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import signal
 import time
+from collections.abc import Callable
+from datetime import datetime
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from agent import boot, keys, protocol, reboot
+from agent import boot, keys, locksmith, protocol, reboot
 from agent import disk as gptdisk
 from agent.config import (
     AGENT_VERSION,
@@ -29,8 +32,13 @@ from agent.config import (
     POLICY_TIMEOUT,
     AgentError,
     Config,
+    clear_lock_file,
+    load_etcd_settings,
+    load_lock_file,
     load_state,
+    save_lock_file,
     save_state,
+    store_etcd_policy,
 )
 from agent.connection import AuthRejected, Backoff, Connection, State, is_auth_close
 from agent.host import DiskMissing
@@ -48,16 +56,26 @@ SESSION_DROPPED = "dropped"    # the server closed or the network failed: back o
 
 STABLE_SECONDS = 60.0          # READY this long counts as a good connection (backoff resets)
 
+LOCK_RETRY = (5.0, 10.0)       # a failed lock attempt is retried after a random delay in this range
+RELEASE_BACKOFF = (5.0, 300.0) # releasing the lock after boot: 5 s doubling to 5 min
+ETCD_PROBE_TIMEOUT = 2.0       # best-effort: "etcd answers" means a read within this time
+
 
 class HandshakeTimeout(Exception):
     pass
 
 
 class Agent:
-    def __init__(self, config: Config, once: bool = False):
+    def __init__(self, config: Config, once: bool = False, clock: Callable[[], datetime] | None = None):
         self.config = config
         self.once = once
         self.host = config.host()
+        self.clock = clock or self.host.now            # reboot windows (tests pass a controlled clock)
+        self.lock_retry = LOCK_RETRY
+        self.release_backoff = RELEASE_BACKOFF
+        self._deciding = asyncio.Lock()
+        self._release_task: asyncio.Task | None = None
+        self._last_wait: tuple | None = None           # the last waiting event sent (not repeated)
         self.backoff = Backoff()
         self.state = load_state(config.state_dir)
         self.heartbeat = config.heartbeat_override or DEFAULT_HEARTBEAT
@@ -117,8 +135,9 @@ class Agent:
 
     async def shutdown(self) -> None:
         await self.engine.cancel()
-        if self._reboot_timer is not None:
-            self._reboot_timer.cancel()
+        for task in (self._reboot_timer, self._release_task):
+            if task is not None:
+                task.cancel()
         if self.conn is not None:
             await self.conn.close(1000, "agent shutting down")
         log.info("fleet agent stopped")
@@ -336,37 +355,179 @@ class Agent:
         await self.decide_reboot()
 
     async def decide_reboot(self) -> None:
-        """THE place a reboot after an update is decided (strategy, window; etcd lock is a later seam)."""
+        """THE place a reboot after an update is decided and carried out (strategy, window, etcd lock)."""
+        async with self._deciding:
+            await self._decide_reboot()
+
+    def _policy(self) -> dict:
+        return self.state.get("policy") or {}
+
+    def _strategy(self) -> str | None:
+        return self._policy().get("reboot_strategy") or self.host.update_conf().get("REBOOT_STRATEGY") or None
+
+    def _locksmith(self, settings=None) -> tuple[locksmith.Locksmith, object]:
+        settings = settings or load_etcd_settings(self.config.state_dir)
+        client = settings.client(timeout=ETCD_PROBE_TIMEOUT * 2)
+        return locksmith.Locksmith(client, settings.group, settings.prefix, default_max=max(settings.max, 0)), client
+
+    def _probe_etcd(self) -> tuple[bool, str]:
+        """best-effort: do the policy's endpoints answer (a read of the group's semaphore key)?"""
+        settings = load_etcd_settings(self.config.state_dir)
+        if settings is None or not settings.endpoints:
+            return False, "no etcd endpoints configured"
+        try:
+            client = settings.client(timeout=ETCD_PROBE_TIMEOUT)
+        except Exception as exc:
+            return False, f"etcd client: {exc}"
+        try:
+            client.get(locksmith.group_key(settings.group, settings.prefix))
+            return True, "etcd answered"
+        except Exception as exc:
+            return False, f"etcd did not answer: {locksmith._describe(exc)}"
+        finally:
+            client.close()
+
+    def _schedule_decision(self, delay: float) -> None:
         if self._reboot_timer is not None:
             self._reboot_timer.cancel()
-            self._reboot_timer = None
-        policy = self.state.get("policy") or {}
-        strategy = policy.get("reboot_strategy") or self.host.update_conf().get("REBOOT_STRATEGY") or None
+        self._reboot_timer = asyncio.ensure_future(self._decide_later(delay))
+
+    def _retry_delay(self) -> float:
+        low, high = self.lock_retry
+        return random.uniform(low, high)
+
+    async def _emit_waiting(self, kind: str, data: dict, key: tuple) -> None:
+        """A waiting event, sent once per distinct reason (retries do not flood the log)."""
+        if self._last_wait == (kind, *key):
+            return
+        self._last_wait = (kind, *key)
+        await self.emit(kind, data)
+
+    async def _decide_reboot(self) -> None:
+        if self._reboot_timer is not None and self._reboot_timer is not asyncio.current_task():
+            self._reboot_timer.cancel()
+        self._reboot_timer = None
+        policy = self._policy()
+        strategy = self._strategy()
         try:
             window = parse_window(policy.get("reboot_window_start"), policy.get("reboot_window_length"))
         except ValueError:
             window = None
-        decision = reboot.decide(strategy, policy.get("etcd_endpoints"), window, self.host.now())
+        endpoints = policy.get("etcd_endpoints") or None
+        etcd_up, probe_reason = None, None
+        if (strategy or reboot.DEFAULT_STRATEGY) == "best-effort" and endpoints and \
+                (window is None or window.contains(self.clock())):
+            etcd_up, probe_reason = await asyncio.to_thread(self._probe_etcd)
+        decision = reboot.decide(strategy, endpoints, window, self.clock(), etcd_up=etcd_up)
         inst = self.engine.installed or {}
         data = {"version": inst.get("version"), "rollout": inst.get("rollout"), "strategy": decision.strategy,
                 "reason": decision.reason}
         log.info("reboot decision: %s (%s)", decision.action, decision.reason)
+        if decision.strategy == "best-effort" and decision.path is not None:
+            await self.emit("reboot_path", {"strategy": decision.strategy, "path": decision.path,
+                                            "reason": probe_reason or decision.reason})
         if decision.action == reboot.NOW:
+            self._last_wait = None
             await self.emit("rebooting", data)
             self.request_reboot()
         elif decision.action == reboot.WAIT_WINDOW:
-            await self.emit("reboot_waiting", data)
-            self._reboot_timer = asyncio.ensure_future(self._decide_later(decision.delay + 1))
+            await self._emit_waiting("reboot_waiting", data, (decision.strategy, "outside_window"))
+            if effective_lock(decision.strategy, endpoints):
+                await self._emit_waiting("lock_waiting", {"reason": "outside_window", "holders": [],
+                                                          "strategy": decision.strategy,
+                                                          "window": str(window)}, ("outside_window",))
+            # Look again soon (the clock may jump; a policy may change the window), at the latest
+            # when the window opens.
+            self._schedule_decision(min(decision.delay + 0.5, self._retry_delay()))
         elif decision.action == reboot.WAIT_LOCK:
-            await self.emit("reboot_waiting", data)      # SEAM: the etcd lock (later issue) reboots from here
+            await self._emit_waiting("reboot_waiting", data, (decision.strategy, "no_endpoints"))
+            await self._emit_waiting("lock_waiting", {"reason": "etcd_unavailable", "holders": [],
+                                                      "strategy": decision.strategy,
+                                                      "message": decision.reason}, ("etcd_unavailable",))
+        elif decision.action == reboot.LOCK:
+            await self._lock_and_reboot(decision, data)
         else:
+            self._last_wait = None
             await self.emit("reboot_needed", data)
+
+    async def _lock_and_reboot(self, decision: reboot.Decision, data: dict) -> None:
+        settings = load_etcd_settings(self.config.state_dir)
+        holder = self.config.machine_id
+        try:
+            ls, client = self._locksmith(settings)
+        except Exception as exc:
+            await self._emit_waiting("lock_waiting", {"reason": "etcd_unavailable", "holders": [],
+                                                      "message": f"etcd client: {exc}"}, ("etcd_unavailable",))
+            self._schedule_decision(self._retry_delay())
+            return
+        try:
+            sem = await asyncio.to_thread(ls.lock, holder)
+        except locksmith.LockError as exc:
+            reason = "no_slots" if exc.code == locksmith.NO_SLOTS else "etcd_unavailable"
+            await self._emit_waiting("lock_waiting", {"reason": reason, "holders": exc.holders, "key": ls.key,
+                                                      "message": str(exc)}, (reason, tuple(exc.holders)))
+            log.info("reboot lock not taken (%s): %s; retrying", exc.code, exc)
+            self._schedule_decision(self._retry_delay())    # re-decides: window, strategy, etcd
+            return
+        finally:
+            client.close()
+        # Persist "I hold the lock" before rebooting: the next boot releases it.
+        await asyncio.to_thread(save_lock_file, self.config.state_dir, {
+            "holder": holder, "key": ls.key, "group": settings.group, "prefix": settings.prefix,
+            "endpoints": settings.endpoints, "boot_id": await asyncio.to_thread(self.host.boot_id),
+            "at": round(time.time(), 3)})
+        self._last_wait = None
+        await self.emit("lock_acquired", {"holder": holder, "group": settings.group, "key": ls.key,
+                                          "semaphore": sem.semaphore, "max": sem.max, "holders": sem.holders})
+        await self.emit("rebooting", {**data, "lock": ls.key})
+        self.request_reboot()
 
     async def _decide_later(self, delay: float) -> None:
         await asyncio.sleep(delay)
-        self._reboot_timer = None
         if self.engine.status == NEED_REBOOT:
             await self.decide_reboot()
+
+    # -- releasing the lock after a boot ------------------------------------------------------------
+    def start_release(self) -> None:
+        """Release the reboot lock held across the last reboot (background, with backoff)."""
+        if self._release_task is not None and not self._release_task.done():
+            return
+        if load_lock_file(self.config.state_dir) is None:
+            return
+        self._release_task = asyncio.ensure_future(self._release_loop())
+
+    async def _release_loop(self) -> None:
+        delay, cap = self.release_backoff
+        while True:
+            held = await asyncio.to_thread(load_lock_file, self.config.state_dir)
+            if held is None:
+                return
+            try:
+                sem = await asyncio.to_thread(self._release_once, held)
+            except Exception as exc:   # LockError, bad settings, …: keep trying
+                log.warning("cannot release the reboot lock %s yet: %s; retrying in %.0fs", held.get("key"), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, cap)
+                continue
+            await asyncio.to_thread(clear_lock_file, self.config.state_dir)
+            await self.emit("lock_released", {"holder": held["holder"], "group": held.get("group"),
+                                              "key": held.get("key"), "semaphore": sem.semaphore, "max": sem.max,
+                                              "holders": sem.holders})
+            return
+
+    def _release_once(self, held: dict) -> locksmith.Semaphore:
+        settings = load_etcd_settings(self.config.state_dir)
+        if settings is None or not (settings.endpoints or held.get("endpoints")):
+            raise locksmith.LockError(locksmith.ETCD_UNAVAILABLE, "no etcd endpoints to release the lock at")
+        if not settings.endpoints:
+            settings.endpoints = held["endpoints"]
+        # The key we locked (the group or prefix may have changed since).
+        settings.group, settings.prefix = held.get("group"), held.get("prefix") or ""
+        ls, client = self._locksmith(settings)
+        try:
+            return ls.unlock(held["holder"])
+        finally:
+            client.close()
 
     def request_reboot(self) -> None:
         assert self._reboot_wanted is not None
@@ -400,6 +561,8 @@ class Agent:
             log.error("cannot assess the boot: %s", exc)
             return
         p = result.pending
+        if result.outcome not in (boot.WAIT_REBOOT, boot.UNHEALTHY):
+            await self._release_if_rebooted()
         if result.outcome == boot.NOTHING:
             return
         if result.outcome == boot.WAIT_REBOOT:
@@ -435,6 +598,15 @@ class Agent:
             await self.emit("update_error", {"code": "rollback_failed", "message": result.reason,
                                              "rollout": p.get("rollout"), "version": p.get("version")}, result.reason)
             await asyncio.to_thread(boot.clear_pending, self.config.state_dir)
+
+    async def _release_if_rebooted(self) -> None:
+        """A lock taken in an earlier boot is released once this boot is settled (good or rolled back)."""
+        held = await asyncio.to_thread(load_lock_file, self.config.state_dir)
+        if held is None:
+            return
+        if held.get("boot_id") == await asyncio.to_thread(self.host.boot_id):
+            return                 # taken in this boot: the reboot has not happened yet
+        self.start_release()
 
     async def operator_rollback(self, ref: dict) -> str | None:
         """``command rollback``: boot the other partition if it holds a good, successful /usr."""
@@ -483,8 +655,9 @@ class Agent:
             log.warning("policy carries an invalid reboot window, ignoring it: %s", exc)
             window = None
         pin = await asyncio.to_thread(keys.apply_policy_key, self.config.state_dir, policy)
+        public = await asyncio.to_thread(store_etcd_policy, self.config.state_dir, policy, self.config.org)
         self.state["policy_revision"] = policy["revision"]
-        self.state["policy"] = {k: v for k, v in policy.items() if k != "type"}
+        self.state["policy"] = {k: v for k, v in public.items() if k != "type"}
         await asyncio.to_thread(save_state, self.config.state_dir, self.state)
         interval = policy.get("heartbeat_interval")
         self.heartbeat = self.config.heartbeat_override or (float(interval) if interval and interval > 0
@@ -528,3 +701,8 @@ class Agent:
         await self.send("event", kind="command_unsupported", message=f"command {command} is not supported yet",
                         data=ref)
         return None
+
+
+def effective_lock(strategy: str, endpoints) -> bool:
+    """Would this strategy take the etcd lock (when inside the window)?"""
+    return strategy == "etcd-lock" or (strategy == "best-effort" and bool(endpoints))

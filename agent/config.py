@@ -5,7 +5,10 @@ State dir layout (default /var/lib/fleet-agent):
   agent.json     server, ws_url, host_id, disk, root, machine_id, hostname, group, org,
                  health_cmd (optional shell command run after booting a new version; non-zero = unhealthy),
                  health_timeout (seconds, default 60)
-  state.json     local progress: last applied policy (revision, channel, ...)
+  state.json     local progress: last applied policy (revision, channel, ...; no secrets)
+  etcd.json      etcd settings from the policy (endpoints, user, password, prefix, lock group, max,
+                 TLS file paths), mode 0600; etcd-ca.pem, etcd-cert.pem, etcd-key.pem (0600)
+  reboot-lock.json        "I hold the reboot semaphore" (written before rebooting, removed once released)
   signing-key.json        the pinned release signing key (agent/keys.py)
   pending-update.json     an installed update (or operator rollback) waiting for its boot (agent/boot.py)
   downloads/<sha256>.part payload downloads, kept across restarts for Range resumes
@@ -32,6 +35,10 @@ POLICY_TIMEOUT = 15.0
 HEARTBEAT_ENV = "FLEET_AGENT_HEARTBEAT"
 
 CREDENTIAL_FILE = "credential"
+ETCD_FILE = "etcd.json"
+LOCK_FILE = "reboot-lock.json"
+ETCD_SECRET_FIELDS = ("etcd_password", "etcd_ca", "etcd_cert", "etcd_key")
+_PEM_FILES = {"etcd_ca": "etcd-ca.pem", "etcd_cert": "etcd-cert.pem", "etcd_key": "etcd-key.pem"}
 AGENT_FILE = "agent.json"
 STATE_FILE = "state.json"
 
@@ -151,3 +158,74 @@ def load_state(state_dir: str | os.PathLike) -> dict:
 
 def save_state(state_dir: str | os.PathLike, data: dict) -> None:
     updateconf.atomic_write(Path(state_dir) / STATE_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n", 0o644)
+
+
+# -- etcd settings (reboot coordination) -------------------------------------------------------
+
+@dataclass
+class EtcdSettings:
+    endpoints: list[str]
+    group: str | None = None           # lock group (policy lock_group, else the fleet group)
+    prefix: str = ""                   # the organization's key prefix, "fleet/<org slug>/"
+    max: int = 1                       # the group's max concurrent reboots (semaphore max on creation)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca: str | None = None              # file paths (written from the policy's PEM text, 0600)
+    cert: str | None = None
+    key: str | None = None
+
+    def client(self, timeout: float = 5.0):
+        from agent.etcd import make_client
+        return make_client(self.endpoints, user=self.username, password=self.password, ca=self.ca,
+                           cert=self.cert, key=self.key, timeout=timeout)
+
+
+def store_etcd_policy(state_dir: str | os.PathLike, policy: dict, org: str | None = None) -> dict:
+    """Write the policy's etcd settings (with secrets) to etcd.json and PEM files, all 0600; return
+    the policy without its secrets (what state.json may keep)."""
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str | None] = {}
+    for name, filename in _PEM_FILES.items():
+        text = policy.get(name)
+        path = state_dir / filename
+        if text:
+            updateconf.atomic_write(path, text if text.endswith("\n") else text + "\n", 0o600)
+            files[name] = str(path)
+        else:
+            path.unlink(missing_ok=True)
+            files[name] = None
+    prefix = policy.get("etcd_prefix")
+    if prefix is None and org:
+        prefix = f"fleet/{org}/"
+    data = {"endpoints": list(policy.get("etcd_endpoints") or []),
+            "group": policy.get("lock_group") or policy.get("group") or None,
+            "prefix": prefix or "", "max": policy.get("max_concurrent_reboots") or 1,
+            "username": policy.get("etcd_username") or None, "password": policy.get("etcd_password") or None,
+            "ca": files["etcd_ca"], "cert": files["etcd_cert"], "key": files["etcd_key"]}
+    updateconf.atomic_write(state_dir / ETCD_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n", 0o600)
+    return {k: v for k, v in policy.items() if k not in ETCD_SECRET_FIELDS}
+
+
+def load_etcd_settings(state_dir: str | os.PathLike) -> EtcdSettings | None:
+    try:
+        data = json.loads((Path(state_dir) / ETCD_FILE).read_text())
+        return EtcdSettings(**{k: data.get(k) for k in EtcdSettings.__dataclass_fields__ if k in data})
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def load_lock_file(state_dir: str | os.PathLike) -> dict | None:
+    try:
+        data = json.loads((Path(state_dir) / LOCK_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("holder") else None
+
+
+def save_lock_file(state_dir: str | os.PathLike, data: dict) -> None:
+    updateconf.atomic_write(Path(state_dir) / LOCK_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n", 0o600)
+
+
+def clear_lock_file(state_dir: str | os.PathLike) -> None:
+    (Path(state_dir) / LOCK_FILE).unlink(missing_ok=True)

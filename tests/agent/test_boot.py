@@ -93,7 +93,8 @@ def test_it_pins_the_first_key_and_follows_only_endorsed_rotations(tmp_path):
 
 @pytest.mark.parametrize("strategy, etcd, action", [
     ("reboot", None, reboot.NOW), ("best-effort", None, reboot.NOW), (None, None, reboot.NOW),
-    ("best-effort", ["http://127.0.0.1:2379"], reboot.WAIT_LOCK), ("etcd-lock", None, reboot.WAIT_LOCK),
+    ("best-effort", ["http://127.0.0.1:2379"], reboot.LOCK), ("etcd-lock", None, reboot.WAIT_LOCK),
+    ("etcd-lock", ["http://127.0.0.1:2379"], reboot.LOCK),
     ("off", None, reboot.OFF),
 ])
 def test_the_reboot_decision_follows_the_strategy(strategy, etcd, action):
