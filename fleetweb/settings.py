@@ -168,6 +168,25 @@ ETCD_ENDPOINTS = [e.strip() for e in (env("ETCD_ENDPOINTS", "") or "").split(","
 for _endpoint in ETCD_ENDPOINTS:
     if urlparse(_endpoint).scheme not in ("http", "https") or not urlparse(_endpoint).port:
         raise ImproperlyConfigured(f"ETCD_ENDPOINTS must be http(s)://host:port entries, not {_endpoint!r}")
+# Root credentials the server uses to provision one etcd user + role per organization (auth enabled);
+# TLS: a CA to verify etcd, and optionally a client certificate and key (both or neither).
+ETCD_USERNAME = env("ETCD_USERNAME") or None
+ETCD_PASSWORD = env("ETCD_PASSWORD") or None
+if bool(ETCD_USERNAME) != bool(ETCD_PASSWORD):
+    raise ImproperlyConfigured("ETCD_USERNAME and ETCD_PASSWORD (or ETCD_PASSWORD_FILE) go together: set both or neither")
+ETCD_CA_FILE = env("ETCD_CA_FILE") or None
+ETCD_CERT_FILE = env("ETCD_CERT_FILE") or None
+ETCD_KEY_FILE = env("ETCD_KEY_FILE") or None
+for _name in ("ETCD_CA_FILE", "ETCD_CERT_FILE", "ETCD_KEY_FILE"):
+    _value = globals()[_name]
+    if _value and not Path(_value).is_file():
+        raise ImproperlyConfigured(f"{_name}: {_value} is not a readable file")
+if bool(ETCD_CERT_FILE) != bool(ETCD_KEY_FILE):
+    raise ImproperlyConfigured("ETCD_CERT_FILE and ETCD_KEY_FILE go together: set both or neither")
+if (ETCD_CA_FILE or ETCD_CERT_FILE) and any(urlparse(e).scheme != "https" for e in ETCD_ENDPOINTS):
+    raise ImproperlyConfigured("ETCD_CA_FILE/ETCD_CERT_FILE need https:// ETCD_ENDPOINTS")
+if any(urlparse(e).scheme == "https" for e in ETCD_ENDPOINTS) and not ETCD_CA_FILE:
+    raise ImproperlyConfigured("https:// ETCD_ENDPOINTS need ETCD_CA_FILE (the CA that signed etcd's certificate)")
 
 FLEET_MEDIA_ROOT = Path(env("FLEET_MEDIA_ROOT") or VAR_DIR / "media")
 MEDIA_ROOT = FLEET_MEDIA_ROOT

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from agent.locksmith import LockError
+from fleetweb.core.api import Refused
+from fleetweb.fleet.api.serializers import ErrorSerializer
+from fleetweb.fleet.models import Group
+from fleetweb.tenancy.api.base import OrganizationScoped
+from fleetweb.tenancy.choices import Role
+
+from .. import etcd
+from ..models import GroupLock, lock_error_status
+from .serializers import LockSerializer, SetMaxSerializer, UnlockSerializer
+
+UNAVAILABLE = OpenApiResponse(ErrorSerializer, description="etcd is not configured or does not answer")
+
+
+def _lock_call(fn, *args, **kwargs):
+    """Run a semaphore write; map "no etcd" and LockError once (503 / 409 / 400)."""
+    if not etcd.configured():
+        raise Refused(str(etcd.EtcdNotConfigured()), status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+    try:
+        return fn(*args, **kwargs)
+    except LockError as exc:
+        raise Refused(str(exc), status_code=lock_error_status(exc)) from None
+
+
+@extend_schema(tags=["locks"], parameters=[OpenApiParameter("group_id", int, OpenApiParameter.PATH)])
+class LockViewSet(OrganizationScoped, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """The reboot semaphore of each group: max, free slots, holders (host, since, stuck)."""
+
+    queryset = Group.objects.select_related("organization").order_by("name", "id")
+    serializer_class = LockSerializer
+    lookup_url_kwarg = "group_id"
+    lookup_value_converter = "int"
+    write_roles = {"unlock": Role.ADMIN, "set_max": Role.ADMIN}
+
+    def list(self, request, *args, **kwargs):
+        page = self.paginate_queryset(self.get_queryset())
+        data = LockSerializer([GroupLock(g).state() for g in page], many=True).data
+        return self.get_paginated_response(data)
+
+    def retrieve(self, request, *args, **kwargs):
+        return Response(LockSerializer(GroupLock(self.get_object()).state()).data)
+
+    @extend_schema(request=UnlockSerializer, responses={200: LockSerializer, 503: UNAVAILABLE,
+                                                        403: OpenApiResponse(ErrorSerializer, description="not admin")})
+    @action(detail=True, methods=["post"])
+    def unlock(self, request, group_id=None):
+        group = self.get_object()
+        body = UnlockSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        state = _lock_call(GroupLock(group).unlock, body.validated_data["holder"], actor=self.actor)
+        return Response(LockSerializer(state).data)
+
+    @extend_schema(request=SetMaxSerializer, responses={200: LockSerializer, 503: UNAVAILABLE,
+                                                        403: OpenApiResponse(ErrorSerializer, description="not admin")})
+    @action(detail=True, methods=["post"], url_path="set-max")
+    def set_max(self, request, group_id=None):
+        group = self.get_object()
+        body = SetMaxSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        state = _lock_call(GroupLock(group).set_max, body.validated_data["max"], actor=self.actor)
+        return Response(LockSerializer(state).data)

@@ -1,0 +1,41 @@
+"""Constants of the reboots domain, each with its colour (templates never pick one)."""
+from django.db import models
+
+
+class LockEventKind(models.TextChoices):
+    """Activity-log kinds written by this app (``fleet.Event.kind`` holds them as plain strings)."""
+
+    LOCK_TAKEN = "lock_taken", "Reboot lock taken"
+    LOCK_RELEASED = "lock_released", "Reboot lock released"
+    LOCK_UNLOCKED = "lock_unlocked", "Reboot lock released by an admin"
+    LOCK_SET_MAX = "lock_set_max", "Reboot lock max changed"
+    LOCK_STUCK = "lock_stuck", "Host stuck holding the reboot lock"
+    FLEETLOCK_ROTATED = "fleetlock_rotated", "FleetLock URL rotated"
+    ETCD_PROVISIONED = "etcd_provisioned", "etcd account provisioned"
+
+    @classmethod
+    def colour(cls, kind: str) -> str:
+        return {cls.LOCK_TAKEN: "orange", cls.LOCK_RELEASED: "green", cls.LOCK_UNLOCKED: "purple",
+                cls.LOCK_SET_MAX: "purple", cls.LOCK_STUCK: "red", cls.FLEETLOCK_ROTATED: "blue",
+                cls.ETCD_PROVISIONED: "blue"}.get(kind, "grey")
+
+
+class FleetLockError(models.TextChoices):
+    """The fixed set of FleetLock error kinds (``{"kind", "value"}`` bodies) and their HTTP status."""
+
+    MISSING_HEADER = "missing_header", "the fleet-lock-protocol: true header is required"
+    BAD_REQUEST = "bad_request", "the body is not {\"client_params\": {\"id\", \"group\"}}"
+    BAD_GROUP = "bad_group", "the group must match ^[a-zA-Z0-9.-]+$"
+    NOT_FOUND = "not_found", "unknown FleetLock URL"
+    LOCK_UNAVAILABLE = "lock_unavailable", "no free reboot slot in the group"
+    ETCD_UNAVAILABLE = "etcd_unavailable", "etcd did not answer"
+    ETCD_NOT_CONFIGURED = "etcd_not_configured", "the server has no etcd configured"
+
+    @classmethod
+    def status(cls, kind: str) -> int:
+        return {cls.MISSING_HEADER: 400, cls.BAD_REQUEST: 400, cls.BAD_GROUP: 400, cls.NOT_FOUND: 404,
+                cls.LOCK_UNAVAILABLE: 409, cls.ETCD_UNAVAILABLE: 503, cls.ETCD_NOT_CONFIGURED: 503}[kind]
+
+
+# A holder's state on the locks page.
+HOLDER_COLOURS = {"holding": "orange", "stuck": "red"}

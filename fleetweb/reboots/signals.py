@@ -1,0 +1,69 @@
+"""How the reboots app hooks into the rest: the group's policy frame, and a change of a group's
+max concurrent reboots (set-max on its semaphore, locksmith's semantics)."""
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+
+from . import etcd
+
+log = logging.getLogger(__name__)
+
+SYNC_INTERVAL = 15.0
+
+
+def policy_fields(group) -> dict:
+    """Fields every `policy` frame carries: the organization's etcd account (agents of one
+    organization get that organization's credentials only) and the lock size.
+
+    ``etcd_ca_cert`` is the PEM of ETCD_CA_FILE when etcd speaks TLS.  The server's own client
+    certificate is never sent: etcd may map a certificate's CN to a user, so sharing it would
+    share the server's identity; hosts authenticate with their organization's user/password.
+    """
+    fields = {"max_concurrent_reboots": group.max_concurrent_reboots}
+    if not etcd.configured():
+        return fields
+    from .models import EtcdAccount
+
+    account = EtcdAccount.objects.for_policy(group.organization)
+    fields.update(account.policy_fields())
+    return fields
+
+
+def remember_max(sender, instance, **kwargs):
+    # Only when loaded: a deferred field (``.only(...)``) must not cost a query here.
+    instance._reboots_max = instance.__dict__.get("max_concurrent_reboots")
+
+
+def max_changed(sender, instance, created, **kwargs):
+    old, new = getattr(instance, "_reboots_max", None), instance.__dict__.get("max_concurrent_reboots")
+    instance._reboots_max = new
+    if created or old is None or new is None or old == new or getattr(instance, "_reboots_syncing", False):
+        return
+    if not etcd.configured():
+        return
+    group_id = instance.pk
+
+    def apply():
+        from fleetweb.fleet.models import Group
+
+        from .models import GroupLock
+
+        group = Group.objects.select_related("organization").get(pk=group_id)
+        try:
+            GroupLock(group).set_max(group.max_concurrent_reboots, actor="group settings", from_group=True)
+        except Exception as exc:  # etcd down: agents still get the new max; the admin can set-max later
+            log.warning("set-max of group %s to %s failed: %s", group.slug, group.max_concurrent_reboots, exc)
+
+    transaction.on_commit(apply)
+
+
+def schedule_sync() -> None:
+    """Beat runs ``sync_locks`` (holders' "since", stuck hosts, live notices)."""
+    from fleetweb.celery import app
+
+    schedule = dict(app.conf.beat_schedule or {})
+    schedule.setdefault("sync-reboot-locks", {"task": "fleetweb.reboots.tasks.sync_locks",
+                                              "schedule": SYNC_INTERVAL})
+    app.conf.beat_schedule = schedule
