@@ -1,0 +1,257 @@
+"""The etcd discovery service (issue 6 §6), speaking what etcd 3.4's ``--discovery`` client sends
+(etcdserver/api/v2discovery + the v2 ``client`` keys API), like discovery.etcd.io:
+
+- ``GET /discovery/new?size=N`` → ``text/plain`` token URL ``<FLEET_PUBLIC_URL>/discovery/<32 hex>``.
+- ``GET <token>/_config/size`` → ``{"action": "get", "node": {"key", "value": "N", ...}}``.
+- ``GET <token>`` (``recursive``, ``sorted``, ``quorum`` accepted) → the token directory: ``_config``
+  and one node per member, each ``{"key", "value", "modifiedIndex", "createdIndex"}``.
+- ``PUT <token>/<member id>?prevExist=false`` with form ``value=<name>=<peer urls>`` → 201
+  ``{"action": "create", "node": ...}``; a known id → 412 ``errorCode`` 105 "Key already exists";
+  beyond SIZE members → 412 ``errorCode`` 101 "cluster is full".
+- ``GET <token>[/<id>]?wait=true&waitIndex=N[&recursive=true]`` → the first creation at index ≥ N
+  under the key, held open (long poll) until one happens; after ``DISCOVERY_WAIT`` seconds an
+  empty 200, which etcd's client answers by asking again with the same index.
+- ``DELETE <token>/<member id>`` removes a member (replacing a dead machine, as upstream).
+
+Every JSON answer carries ``X-Etcd-Index`` (the token's index); errors are v2 bodies
+``{"errorCode", "message", "cause", "index"}``.  The wait is an async view polling the database
+every 0.25 s, so a held request costs no worker thread's time and works across processes.
+
+Who may create tokens: anyone, as with discovery.etcd.io (a cloud-config or a provisioning script
+curls ``/discovery/new`` without credentials; the token itself is the secret).  A request with an
+operator's API key (``Authorization: Bearer``) or from a logged-in operator creates a token owned
+by that organization, listed on its dashboard; anonymous tokens are listed for staff only.
+``settings.FLEET_DISCOVERY_ANONYMOUS = False`` turns anonymous creation off (401).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpResponse, QueryDict
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
+
+from .discovery_models import MAX_SIZE, DiscoveryError, DiscoveryMember, DiscoveryToken
+
+TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")
+MEMBER_RE = re.compile(r"^[0-9A-Za-z]{1,32}$")
+POLL_SECONDS = 0.25
+
+
+def wait_seconds() -> float:
+    return float(getattr(settings, "DISCOVERY_WAIT", 50.0))
+
+
+def token_url(token: str) -> str:
+    return f"{settings.FLEET_PUBLIC_URL}/discovery/{token}"
+
+
+# ---------------------------------------------------------------------------------------------
+# v2 keys API shapes
+# ---------------------------------------------------------------------------------------------
+
+def _answer(body: dict | None, index: int, status: int = 200) -> HttpResponse:
+    resp = HttpResponse(b"" if body is None else json.dumps(body).encode(), status=status,
+                        content_type="application/json")
+    resp["X-Etcd-Index"] = str(index)
+    return resp
+
+
+def _error(code: int, message: str, cause: str, index: int, status: int) -> HttpResponse:
+    return _answer(DiscoveryError(code, message, cause, index, status).as_dict(), index, status)
+
+
+def _not_found(cause: str, index: int = 0) -> HttpResponse:
+    return _error(100, "Key not found", cause, index, 404)
+
+
+def member_node(token: DiscoveryToken, m: DiscoveryMember) -> dict:
+    return {"key": f"/{token.token}/{m.member_id}", "value": m.value,
+            "modifiedIndex": m.created_index, "createdIndex": m.created_index}
+
+
+def size_node(token: DiscoveryToken) -> dict:
+    return {"key": f"/{token.token}/_config/size", "value": str(token.size), "modifiedIndex": 1, "createdIndex": 1}
+
+
+def config_node(token: DiscoveryToken, recursive: bool) -> dict:
+    node = {"key": f"/{token.token}/_config", "dir": True, "modifiedIndex": 1, "createdIndex": 1}
+    if recursive:
+        node["nodes"] = [size_node(token)]
+    return node
+
+
+def token_node(token: DiscoveryToken, members, recursive: bool) -> dict:
+    return {"key": f"/{token.token}", "dir": True,
+            "nodes": [config_node(token, recursive)] + [member_node(token, m) for m in members],
+            "modifiedIndex": 1, "createdIndex": 1}
+
+
+def _flag(request, name: str) -> bool:
+    return request.GET.get(name, "").lower() == "true"
+
+
+# ---------------------------------------------------------------------------------------------
+# /discovery/new
+# ---------------------------------------------------------------------------------------------
+
+def _owner(request):
+    """(organization, user) for an operator's API key or session; (None, None) anonymous;
+    raises PermissionError for a key that is invalid or below operator."""
+    from fleetweb.tenancy.choices import Role
+    from fleetweb.tenancy.models import ApiKey
+
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        key = ApiKey.objects.authenticate(header[len("Bearer "):].strip())
+        if key is None:
+            raise PermissionError("Invalid or revoked API key.")
+        if not Role.at_least(key.role, Role.OPERATOR):
+            raise PermissionError("Creating a discovery token needs the operator role.")
+        return key.organization, key.created_by
+    org = getattr(request, "organization", None)
+    if org is not None and Role.at_least(getattr(request, "role", None), Role.OPERATOR):
+        return org, request.user
+    return None, None
+
+
+@never_cache
+def new(request):
+    if request.method not in ("GET", "POST", "PUT"):
+        return HttpResponse("method not allowed\n", status=405, content_type="text/plain")
+    raw = request.GET.get("size", "3")
+    try:
+        size = int(raw)
+    except ValueError:
+        size = 0
+    if not 1 <= size <= MAX_SIZE:
+        return HttpResponse(f"size must be an integer between 1 and {MAX_SIZE}\n", status=400,
+                            content_type="text/plain")
+    try:
+        org, user = _owner(request)
+    except PermissionError as exc:
+        return HttpResponse(f"{exc}\n", status=401 if "Invalid" in str(exc) else 403, content_type="text/plain")
+    if org is None and not getattr(settings, "FLEET_DISCOVERY_ANONYMOUS", True):
+        return HttpResponse("An API key is needed to create a discovery token.\n", status=401,
+                            content_type="text/plain")
+    token = DiscoveryToken.objects.issue(size, organization=org,
+                                         created_by=user if getattr(user, "pk", None) else None)
+    return HttpResponse(token_url(token.token), content_type="text/plain")
+
+
+# ---------------------------------------------------------------------------------------------
+# /discovery/<token>[/<key>]
+# ---------------------------------------------------------------------------------------------
+
+def _load(token: str):
+    t = DiscoveryToken.objects.filter(token=token).first()
+    return (t, list(t.members.all())) if t else (None, [])
+
+
+def _events(token: DiscoveryToken, members, key: str, recursive: bool, wait_index: int):
+    """The first creation at index >= WAIT_INDEX that concerns KEY (v2 watch semantics)."""
+    events = [(1, "_config/size", size_node(token))] + [(m.created_index, m.member_id, member_node(token, m))
+                                                       for m in members]
+    for index, name, node in sorted(events, key=lambda e: e[0]):
+        if index < wait_index:
+            continue
+        if key == "" and recursive or name == key or (recursive and name.startswith(key + "/")):
+            return {"action": "set" if name == "_config/size" else "create", "node": node}
+    return None
+
+
+async def _wait(request, token_str: str, key: str) -> HttpResponse:
+    recursive = _flag(request, "recursive")
+    token, members = await sync_to_async(_load)(token_str)
+    if token is None:
+        return _not_found(f"/{token_str}")
+    try:
+        wait_index = int(request.GET.get("waitIndex") or token.index + 1)
+    except ValueError:
+        return _error(203, "The given index in POST form is not a number", "Watch", token.index, 400)
+    deadline = time.monotonic() + wait_seconds()
+    while True:
+        found = _events(token, members, key, recursive, wait_index)
+        if found is not None:
+            return _answer(found, token.index)
+        if time.monotonic() >= deadline:
+            return _answer(None, token.index)  # empty body: the client asks again with the same index
+        await asyncio.sleep(POLL_SECONDS)
+        token, members = await sync_to_async(_load)(token_str)
+        if token is None:
+            return _not_found(f"/{token_str}")
+
+
+def _get(request, token_str: str, key: str) -> HttpResponse:
+    token, members = _load(token_str)
+    if token is None:
+        return _not_found(f"/{token_str}")
+    recursive = _flag(request, "recursive")
+    if key == "":
+        return _answer({"action": "get", "node": token_node(token, members, recursive)}, token.index)
+    if key == "_config":
+        return _answer({"action": "get", "node": config_node(token, True)}, token.index)
+    if key == "_config/size":
+        return _answer({"action": "get", "node": size_node(token)}, token.index)
+    for m in members:
+        if m.member_id == key:
+            return _answer({"action": "get", "node": member_node(token, m)}, token.index)
+    return _not_found(f"/{token.token}/{key}", token.index)
+
+
+def _put(request, token_str: str, key: str) -> HttpResponse:
+    token = DiscoveryToken.objects.filter(token=token_str).first()
+    if token is None:
+        return _not_found(f"/{token_str}")
+    if key == "" or key.startswith("_config"):
+        return _error(107, "Root is read only", f"/{token.token}/{key}".rstrip("/"), token.index, 403)
+    if not MEMBER_RE.match(key):
+        return _error(200, "Member ids are up to 32 letters and digits", f"/{token.token}/{key}", token.index, 400)
+    form = QueryDict(request.body or b"", encoding="utf-8")
+    value = form.get("value", request.GET.get("value"))
+    if value is None or len(value) > 4096:
+        return _error(201, "Value is Required in POST form", "Update", token.index, 400)
+    try:
+        member = token.register(key, value)
+    except DiscoveryError as exc:
+        return _answer(exc.as_dict(), exc.index, exc.status)
+    return _answer({"action": "create", "node": member_node(token, member)}, token.index, 201)
+
+
+def _delete(request, token_str: str, key: str) -> HttpResponse:
+    token = DiscoveryToken.objects.filter(token=token_str).first()
+    if token is None:
+        return _not_found(f"/{token_str}")
+    member = token.members.filter(member_id=key).first() if key and not key.startswith("_config") else None
+    if member is None:
+        return _not_found(f"/{token.token}/{key}", token.index)
+    node = member_node(token, member)
+    token.remove(key)
+    token.refresh_from_db(fields=["index"])
+    return _answer({"action": "delete", "node": {"key": node["key"], "modifiedIndex": token.index,
+                                                 "createdIndex": node["createdIndex"]}, "prevNode": node},
+                   token.index)
+
+
+@csrf_exempt
+@never_cache
+async def keys(request, token: str, key: str = ""):
+    key = key.strip("/")
+    if not TOKEN_RE.match(token):
+        return _not_found(f"/{token}")
+    if request.method in ("GET", "HEAD"):
+        if _flag(request, "wait"):
+            return await _wait(request, token, key)
+        return await sync_to_async(_get)(request, token, key)
+    if request.method == "PUT":
+        return await sync_to_async(_put)(request, token, key)
+    if request.method == "DELETE":
+        return await sync_to_async(_delete)(request, token, key)
+    resp = _error(405, "Method not allowed", request.method, 0, 405)
+    resp["Allow"] = "GET, PUT, DELETE"
+    return resp

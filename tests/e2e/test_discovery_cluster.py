@@ -1,0 +1,78 @@
+"""A real 3-member etcd cluster bootstraps itself through our discovery URL (served by the real
+ASGI server), and a fourth member is refused because the cluster is full (issue 6 §7)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.request
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import free_port, stop_process, wait_for
+
+pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server is not installed")
+
+
+def start_member(name: str, url: str, workdir, *extra: str):
+    peer, client = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    log = workdir / f"{name}.log"
+    proc = subprocess.Popen(
+        ["etcd", "--name", name, "--data-dir", str(workdir / name), "--listen-peer-urls", peer,
+         "--initial-advertise-peer-urls", peer, "--listen-client-urls", client, "--advertise-client-urls", client,
+         "--discovery", url, "--logger", "zap", "--log-outputs", "stderr", *extra],
+        stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, client, peer, log
+
+
+def healthy(client: str) -> bool:
+    with urllib.request.urlopen(client + "/health", timeout=1) as resp:
+        return json.loads(resp.read()).get("health") == "true"
+
+
+def test_it_bootstraps_a_three_member_cluster_and_refuses_a_fourth(stack):
+    # Anonymous, as a cloud-config would do it (curl https://discovery.etcd.io/new?size=3).
+    r = httpx.get(f"{stack.url}/discovery/new?size=3", timeout=5)
+    assert r.status_code == 200, r.text
+    url = r.text.strip()
+    assert url.startswith(f"{stack.url}/discovery/") and len(url.rsplit("/", 1)[1]) == 32
+
+    procs = []
+    try:
+        members = [start_member(f"m{i}", url, stack.workdir) for i in (1, 2, 3)]
+        procs += [m[0] for m in members]
+        for proc, client, _, log in members:
+            wait_for(lambda: proc.poll() is None and healthy(client), timeout=40,
+                     what=f"etcd member {client} healthy (log {log}: {log.read_text()[-1500:] if log.exists() else ''})")
+
+        # One cluster of three, formed from the registrations: every member sees the same three peers.
+        listed = subprocess.run(["etcdctl", "--endpoints", members[0][1], "member", "list", "-w", "json"],
+                                capture_output=True, text=True, timeout=10, check=True)
+        peers = sorted(u for m in json.loads(listed.stdout)["members"] for u in m["peerURLs"])
+        assert peers == sorted(m[2] for m in members)
+        put = subprocess.run(["etcdctl", "--endpoints", members[0][1], "put", "probe", "ok"], capture_output=True,
+                             text=True, timeout=10)
+        assert put.returncode == 0, put.stderr
+        got = subprocess.run(["etcdctl", "--endpoints", members[2][1], "get", "probe", "--print-value-only"],
+                             capture_output=True, text=True, timeout=10)
+        assert got.stdout.strip() == "ok"
+
+        # The token URL lists the three members as etcd's own client reads them.
+        body = httpx.get(url, timeout=5).json()
+        values = sorted(n["value"] for n in body["node"]["nodes"] if not n.get("dir"))
+        assert values == sorted(f"m{i}={members[i - 1][2]}" for i in (1, 2, 3))
+
+        # A fourth member is refused: etcd's discovery client reports the cluster full and exits.
+        proc4, _, _, log4 = start_member("m4", url, stack.workdir, "--discovery-fallback", "exit")
+        procs.append(proc4)
+        try:
+            code = proc4.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the fourth member did not exit: {log4.read_text()[-2000:]}")
+        assert code != 0
+        assert "discovery: cluster is full" in log4.read_text()
+        assert len(httpx.get(url, timeout=5).json()["node"]["nodes"]) == 4  # _config + three members
+    finally:
+        for proc in procs:
+            stop_process(proc)
