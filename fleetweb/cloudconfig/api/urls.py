@@ -1,1 +1,4 @@
+from django.urls import include, path
+
 urlpatterns = []
+urlpatterns += [path("", include("fleetweb.cloudconfig.etcd_api_urls"))]
