@@ -83,7 +83,8 @@ MESSAGES: dict[str, dict[str, dict[str, tuple[tuple[type, ...], bool]]]] = {
             "target_version": (_OPT_STR, False),
         },
         "event": {
-            # policy_applied, update_installed, booted_new_version, rollback, update_error, ...
+            # policy_applied, update_installed, booted_new_version, rollback, update_error,
+            # cloud_config_applied {revision, errors: [...]}, ...
             "kind": (_STR, True),
             "message": (_STR, False),
             "data": (_DICT, False),
@@ -117,6 +118,9 @@ MESSAGES: dict[str, dict[str, dict[str, tuple[tuple[type, ...], bool]]]] = {
             "signing_key": (_OPT_STR, False),     # base64 Ed25519 public key (pinned on first use)
             "signing_key_id": (_OPT_STR, False),
             "signing_key_endorsement": (_OPT_STR, False),  # old key's signature over a rotated key
+            "cloud_config_revision": (_INT, False),   # effective cloud-config revision reaching the group
+            "cloud_config_url": (_OPT_STR, False),    # where the agent fetches its own effective document
+            "cloud_config": (_OPT_STR, False),        # the document itself, when a server inlines it
         },
         "update": {
             "version": (_STR, True),

@@ -4,3 +4,11 @@ from django.apps import AppConfig
 class CloudconfigConfig(AppConfig):
     name = "fleetweb.cloudconfig"
     label = "cloudconfig"
+
+    def ready(self) -> None:
+        from fleetweb.fleet import policy
+
+        from . import signals
+
+        policy.contributor(signals.policy_fields)
+        signals.connect()
