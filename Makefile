@@ -18,6 +18,7 @@ SYSTEM_DEPS := \
 	sfdisk:fdisk \
 	mksquashfs:squashfs-tools \
 	qemu-img:qemu-utils \
+	qemu-system-x86_64:qemu-system-x86 \
 	chromium:chromium
 
 .PHONY: help deps system-deps run demo-update test bench lint clean distclean
