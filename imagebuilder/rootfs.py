@@ -54,9 +54,12 @@ done
 labels="${want:-USR-A USR-B}"
 dev=""; label=""
 if [ -f /usr.img ]; then
-	label=$(blkid /usr.img | sed -n 's/.* LABEL="\([^"]*\)".*/\1/p')
-	say "found USR image /usr.img label=$label (PXE)"
-	if mount -t ext4 -o loop,ro /usr.img /usr; then dev=/usr.img; fi
+	say "found USR image /usr.img (PXE)"
+	if mount -t ext4 -o loop,ro /usr.img /usr; then
+		loopdev=$(awk '$2 == "/usr" { print $1 }' /proc/mounts)
+		label=$(dd if="$loopdev" bs=1 skip=1144 count=16 2>/dev/null | tr -d '\000')
+		dev="/usr.img via $loopdev, filesystem label $label"
+	fi
 else
 	i=0
 	while [ -z "$dev" ] && [ $i -lt 100 ]; do
@@ -118,11 +121,18 @@ def _unpack(deb: Path, dest: Path, log: Callable[[str], None]) -> None:
 
 
 def _kernel_package(log: Callable[[str], None]) -> str:
-    res = run_tool(["apt-cache", "depends", KERNEL_META], log=log)
-    for line in res.splitlines():
-        m = re.match(r"\s*Depends:\s*(linux-image-\S+-cloud-amd64)\s*$", line)
-        if m:
-            return m.group(1)
+    for attempt in (1, 2):
+        try:
+            res = run_tool(["apt-cache", "depends", KERNEL_META], log=log)
+        except BuildError:
+            res = ""
+        for line in res.splitlines():
+            m = re.match(r"\s*Depends:\s*(linux-image-\S+-cloud-amd64)\s*$", line)
+            if m:
+                return m.group(1)
+        if attempt == 1 and os.geteuid() == 0:
+            log("package lists do not know the cloud kernel: apt-get update")
+            run_tool(["apt-get", "update", "-qq"], log=log)
     raise BuildError(f"apt-cache depends {KERNEL_META} names no kernel: run apt-get update")
 
 
