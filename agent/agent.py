@@ -75,7 +75,7 @@ class Agent:
         self.release_backoff = RELEASE_BACKOFF
         self._deciding = asyncio.Lock()
         self._release_task: asyncio.Task | None = None
-        self._last_wait: tuple | None = None           # the last waiting event sent (not repeated)
+        self._last_wait: dict[str, tuple] = {}         # per event kind, the last waiting reason sent
         self.backoff = Backoff()
         self.state = load_state(config.state_dir)
         self.heartbeat = config.heartbeat_override or DEFAULT_HEARTBEAT
@@ -398,9 +398,9 @@ class Agent:
 
     async def _emit_waiting(self, kind: str, data: dict, key: tuple) -> None:
         """A waiting event, sent once per distinct reason (retries do not flood the log)."""
-        if self._last_wait == (kind, *key):
+        if self._last_wait.get(kind) == key:
             return
-        self._last_wait = (kind, *key)
+        self._last_wait[kind] = key
         await self.emit(kind, data)
 
     async def _decide_reboot(self) -> None:
@@ -427,7 +427,7 @@ class Agent:
             await self.emit("reboot_path", {"strategy": decision.strategy, "path": decision.path,
                                             "reason": probe_reason or decision.reason})
         if decision.action == reboot.NOW:
-            self._last_wait = None
+            self._last_wait.clear()
             await self.emit("rebooting", data)
             self.request_reboot()
         elif decision.action == reboot.WAIT_WINDOW:
@@ -447,7 +447,7 @@ class Agent:
         elif decision.action == reboot.LOCK:
             await self._lock_and_reboot(decision, data)
         else:
-            self._last_wait = None
+            self._last_wait.clear()
             await self.emit("reboot_needed", data)
 
     async def _lock_and_reboot(self, decision: reboot.Decision, data: dict) -> None:
@@ -476,7 +476,7 @@ class Agent:
             "holder": holder, "key": ls.key, "group": settings.group, "prefix": settings.prefix,
             "endpoints": settings.endpoints, "boot_id": await asyncio.to_thread(self.host.boot_id),
             "at": round(time.time(), 3)})
-        self._last_wait = None
+        self._last_wait.clear()
         await self.emit("lock_acquired", {"holder": holder, "group": settings.group, "key": ls.key,
                                           "semaphore": sem.semaphore, "max": sem.max, "holders": sem.holders})
         await self.emit("rebooting", {**data, "lock": ls.key})
