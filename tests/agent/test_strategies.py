@@ -207,7 +207,7 @@ async def test_the_lock_is_released_after_boot_with_backoff(make_agent, prefix, 
         locked.set()
         await until(lambda: events(agent, "lock_released"), timeout=15)
         assert Locksmith(make_client([server.url]), "web", prefix).get().holders == []
-    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
     assert gaps[0] >= 0.18 and gaps[1] >= 0.38 and all(g <= 1.0 for g in gaps)
     assert cfg.load_lock_file(agent.config.state_dir) is None
     released = events(agent, "lock_released")[0]["data"]
