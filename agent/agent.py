@@ -19,6 +19,7 @@ from datetime import datetime
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from agent import apply as cloudapply
 from agent import boot, keys, locksmith, protocol, reboot
 from agent import disk as gptdisk
 from agent.config import (
@@ -646,8 +647,10 @@ class Agent:
 
     async def apply_policy(self, policy: dict) -> None:
         channel, strategy, group = policy["channel"], policy["reboot_strategy"], policy["group"]
+        # coreos.update of the applied cloud-config wins over the policy (agent/apply.py).
+        overrides = await asyncio.to_thread(cloudapply.update_overrides, self.config.state_dir)
         changed = await asyncio.to_thread(self.host.rewrite_update_conf,
-                                          {"GROUP": channel, "REBOOT_STRATEGY": strategy})
+                                          {"GROUP": channel, "REBOOT_STRATEGY": strategy, **overrides})
         start, length = policy.get("reboot_window_start"), policy.get("reboot_window_length")
         try:
             window = parse_window(start, length)
@@ -678,10 +681,27 @@ class Agent:
             await self.emit("update_error", {"code": "signing_key_mismatch", "message": pin.message,
                                              "key_id": pin.key_id,
                                              "offered_key_id": policy.get("signing_key_id")}, pin.message)
+        await self.sync_cloud_config(policy)
         assert self._policy_event is not None
         self._policy_event.set()
         if self.engine.status == NEED_REBOOT and not self.engine.busy:
             await self.decide_reboot()             # the strategy or window may have changed
+
+    async def sync_cloud_config(self, policy: dict) -> None:
+        """Fetch and apply the effective cloud-config when the policy's revision moved; report
+        ``cloud_config_applied`` {revision, errors}.  A failed fetch is retried on the next policy."""
+        try:
+            result = await asyncio.to_thread(cloudapply.sync, self.host, self.config.state_dir, self.config.server,
+                                             self.config.credential, policy)
+        except Exception as exc:  # network, HTTP or a malformed answer: keep running, try again later
+            log.warning("cloud-config not fetched: %s: %s", type(exc).__name__, exc)
+            return
+        if result is None:
+            return
+        log.info("applied cloud-config revision %s: %d change(s), %d command(s), %d error(s)", result.revision,
+                 len(set(result.changed)), len(result.commands), len(result.errors))
+        await self.emit("cloud_config_applied", result.as_event(),
+                        "; ".join(result.errors)[:1000] if result.errors else None)
 
     async def handle_command(self, msg: dict) -> str | None:
         command, cid = msg["command"], msg.get("id")

@@ -432,3 +432,75 @@ def _free(used: set[int], start: int) -> int:
     while n in used:
         n += 1
     return n
+
+
+# ---------------------------------------------------------------------------------------------
+# The agent's side of serving: fetch the effective document the policy points at, apply it
+# ---------------------------------------------------------------------------------------------
+
+def update_overrides(state_dir) -> dict[str, str]:
+    """update.conf keys the last applied document sets (they win over the policy's GROUP and
+    REBOOT_STRATEGY, as on a host configured by coreos-cloudinit)."""
+    value = load_state(state_dir).get("update") or {}
+    return {k: str(v) for k, v in value.items() if k in dict(UPDATE_KEYS).values()} if isinstance(value, dict) else {}
+
+
+def local_addresses(server: str) -> dict[str, str]:
+    """The address this host reaches the server from (private_* or public_* by its range)."""
+    import ipaddress
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(server)
+    try:
+        infos = socket.getaddrinfo(u.hostname, u.port or (443 if u.scheme == "https" else 80), 0, socket.SOCK_DGRAM)
+        family, _, _, _, sockaddr = infos[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(sockaddr)
+            ip = ipaddress.ip_address(s.getsockname()[0])
+    except (OSError, ValueError, IndexError):
+        return {}
+    return {("private_" if ip.is_private else "public_") + ("ipv4" if ip.version == 4 else "ipv6"): str(ip)}
+
+
+def fetch(server: str, credential: str, url: str, timeout: float = 30.0) -> dict:
+    """POST the host's addresses to the policy's ``cloud_config_url`` and return
+    ``{"content", "revision"}``.  The credential only ever goes to the server we registered with:
+    the URL's path is resolved against ``server``."""
+    import urllib.request
+    from urllib.parse import urljoin, urlparse
+
+    from agent.config import AGENT_VERSION
+
+    target = urljoin(server.rstrip("/") + "/", urlparse(url).path.lstrip("/"))
+    body = json.dumps({"addresses": local_addresses(server)}).encode()
+    req = urllib.request.Request(target, data=body, method="POST", headers={
+        "Authorization": f"Bearer {credential}", "Content-Type": "application/json",
+        "User-Agent": f"fleet-agent/{AGENT_VERSION}"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        data = json.loads(resp.read().decode("utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("revision"), int) \
+            or not isinstance(data.get("content"), str):
+        raise ValueError("the server's cloud-config answer is malformed")
+    return data
+
+
+def sync(host, state_dir, server: str, credential: str, policy: dict) -> Result | None:
+    """Called for each ``policy`` frame: fetch and apply when the group's ``cloud_config_revision``
+    moved; returns the Result to report, or None when there was nothing new to apply."""
+    seen = policy.get("cloud_config_revision")
+    url = policy.get("cloud_config_url")
+    if not isinstance(seen, int) or not url:
+        return None
+    state = load_state(state_dir)
+    if state.get("seen") == seen and "revision" in state:
+        return None
+    doc = fetch(server, credential, url)
+    if doc["revision"] == 0 and state.get("revision") in (None, 0):
+        save_state(state_dir, {**state, "seen": seen, "revision": 0})
+        return None
+    result = apply(host, doc["content"], doc["revision"], state_dir)
+    new_state = load_state(state_dir)
+    new_state.update(seen=seen, update={k: v for k, v in update_settings(doc["content"]).items()})
+    save_state(state_dir, new_state)
+    return None if result.skipped else result
