@@ -1,8 +1,9 @@
 from django.urls import path
 
-from . import payloads, views
+from . import omaha, payloads, views
 
 urlpatterns = [
+    path("v1/update/", omaha.update, name="omaha-update"),
     path("payloads/<int:release_id>/<uuid:host_id>/<int:expires>/<str:sig>", payloads.download,
          name="payload-download"),
     path("releases/", views.release_list, name="release-list"),

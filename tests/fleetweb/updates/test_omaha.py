@@ -1,0 +1,233 @@
+"""The Omaha v3 endpoint: update_engine hosts update through the same rollouts as agent hosts."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import xml.etree.ElementTree as ET
+
+import pytest
+from django.test import Client
+
+from fleetweb.fleet.models import Event, Host
+from fleetweb.updates import omaha
+from fleetweb.updates.choices import HostUpdateState, RolloutStatus
+from fleetweb.updates.models import Rollout, RolloutHost
+
+APPID = "{e96281a6-d1af-4bde-9a0a-97b76e56dc57}"
+URL = "/v1/update/"
+
+
+def request_xml(machine_id, version="100.0.0", *, ping=True, updatecheck=True, events=(), track="stable",
+                bootid="{7d52a1cc-7066-40f0-91c7-7cb6a871bfde}", protocol="3.0") -> bytes:
+    evs = "".join(f'<event eventtype="{t}" eventresult="{r}"' + (f' errorcode="{c}"' if c is not None else "")
+                  + ' previousversion=""></event>' for t, r, c in events)
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<request protocol="{protocol}" version="CoreOSUpdateEngine-0.1.0.0" ismachine="1">'
+            f'<os version="Chateau" platform="CoreOS" sp="{version}_x86_64"></os>'
+            f'<app appid="{APPID}" version="{version}" track="{track}" bootid="{bootid}" oem="qemu" '
+            f'machineid="{machine_id}" lang="en-US" board="amd64-usr" delta_okay="false">'
+            + ('<ping active="1" a="-1" r="-1"></ping>' if ping else "")
+            + ('<updatecheck></updatecheck>' if updatecheck else "")
+            + evs + '</app></request>').encode()
+
+
+def post(body: bytes, client=None):
+    return (client or Client()).post(URL, data=body, content_type="text/xml")
+
+
+def app_of(response) -> ET.Element:
+    assert response.status_code == 200 and response["Content-Type"] == "text/xml"
+    root = ET.fromstring(response.content)
+    assert root.tag == "response" and root.get("protocol") == "3.0" and root.get("server") == "fleetweb"
+    assert 0 <= int(root.find("daystart").get("elapsed_seconds")) < 86400
+    [app] = root.findall("app")
+    assert app.get("appid") == APPID and app.get("status") == "ok"
+    return app
+
+
+def stable(acme):
+    return acme.channels.get(name="stable")
+
+
+def entry_of(host) -> RolloutHost:
+    return RolloutHost.objects.get(host=host)
+
+
+@pytest.fixture
+def release(make_release):
+    return make_release("101.0.0", bytes(range(256)) * 64)
+
+
+@pytest.fixture
+def granted_host(acme, web_group, online_hosts, release):
+    """One host of the web group, granted 101.0.0 by the first wave of a stable rollout."""
+    [host] = online_hosts(1)
+    [rollout] = stable(acme).publish(release, "alice")
+    assert entry_of(host).state == HostUpdateState.GRANTED
+    return host
+
+
+def test_it_answers_noupdate_with_the_exact_xml(web_group, make_host):
+    host = make_host(web_group)
+    r = post(request_xml(host.machine_id))
+    assert r.status_code == 200 and r["Content-Type"] == "text/xml"
+    elapsed = ET.fromstring(r.content).find("daystart").get("elapsed_seconds")
+    assert r.content.decode() == (
+        "<?xml version='1.0' encoding='UTF-8'?>\n"
+        '<response protocol="3.0" server="fleetweb">'
+        f'<daystart elapsed_seconds="{elapsed}" />'
+        f'<app appid="{APPID}" status="ok"><ping status="ok" /><updatecheck status="noupdate" /></app>'
+        "</response>")
+
+
+def test_it_records_what_the_request_tells_about_the_host(web_group, make_host):
+    host = make_host(web_group)
+    post(request_xml(host.machine_id, "100.1.0", bootid="{abc-123}", track="beta"))
+    host.refresh_from_db()
+    assert (host.version, host.boot_id, host.channel, host.online) == ("100.1.0", "abc-123", "beta", True)
+    assert host.last_seen is not None
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
+def test_it_offers_the_granted_release_with_a_working_download_url(granted_host, release):
+    app = app_of(post(request_xml(granted_host.machine_id)))
+    assert app.find("ping").get("status") == "ok"
+    check = app.find("updatecheck")
+    assert check.get("status") == "ok"
+    assert [child.tag for child in check] == ["urls", "manifest"]
+    assert [child.tag for child in check.find("manifest")] == ["packages", "actions"]
+    codebase = check.find("urls/url").get("codebase")
+    assert codebase.startswith("http") and codebase.endswith("/")
+    manifest = check.find("manifest")
+    assert manifest.get("version") == "101.0.0"
+    [package] = manifest.findall("packages/package")
+    payload = release.path.read_bytes()
+    assert package.get("size") == str(len(payload)) == str(release.size)
+    assert package.get("hash") == base64.b64encode(hashlib.sha1(payload).digest()).decode()
+    assert package.get("hash_sha256") == hashlib.sha256(payload).hexdigest() == release.sha256
+    assert package.get("required") == "true"
+    assert set(package.keys()) == {"name", "size", "hash", "hash_sha256", "required"}
+    [action] = manifest.findall("actions/action")
+    assert action.get("event") == "postinstall"
+    assert action.get("sha256") == base64.b64encode(hashlib.sha256(payload).digest()).decode()
+    assert action.get("DisablePayloadBackoff") == "true"
+    # update_engine downloads codebase + name: that is the host's signed payload URL.
+    url = codebase + package.get("name")
+    path = "/" + url.split("://", 1)[1].split("/", 1)[1]
+    r = Client().get(path)
+    assert r.status_code == 200
+    assert b"".join(r) == payload
+    # The SHA-1 is computed once and cached next to the payload.
+    assert release.path.with_name(f"{release.sha256}.sha1").read_text().strip() == hashlib.sha1(payload).hexdigest()
+
+
+def test_it_grants_an_omaha_host_waiting_in_a_running_rollout_when_it_checks(
+        acme, web_group, make_host, release):
+    host = make_host(web_group)  # never online: no agent, the first wave skipped it
+    [rollout] = stable(acme).publish(release, "alice")
+    assert entry_of(host).state == HostUpdateState.PENDING
+    check = app_of(post(request_xml(host.machine_id))).find("updatecheck")
+    assert check.get("status") == "ok" and check.find("manifest").get("version") == "101.0.0"
+    assert entry_of(host).state == HostUpdateState.GRANTED
+
+
+def test_it_moves_a_host_through_the_omaha_events_to_succeeded_and_advances_the_rollout(
+        acme, web_group, online_hosts, release):
+    first, second = online_hosts(2)  # max_in_flight 1: the second waits for the first
+    [rollout] = stable(acme).publish(release, "alice")
+    assert entry_of(first).state == HostUpdateState.GRANTED
+    assert entry_of(second).state == HostUpdateState.PENDING
+
+    def send(events, version="100.0.0"):
+        app = app_of(post(request_xml(first.machine_id, version, updatecheck=False, events=events)))
+        assert [e.get("status") for e in app.findall("event")] == ["ok"] * len(events)
+
+    send([(13, 1, None)])
+    assert entry_of(first).state == HostUpdateState.DOWNLOADING
+    send([(14, 1, None)])
+    assert entry_of(first).state == HostUpdateState.VERIFYING
+    send([(3, 1, None)])
+    assert entry_of(first).state == HostUpdateState.NEED_REBOOT
+    Host.objects.filter(pk=first.pk).update(update_status="IDLE")
+    first.refresh_from_db()
+    # After the reboot update_engine reports 3/2 from the new version.
+    app = app_of(post(request_xml(first.machine_id, "101.0.0", events=[(3, 2, None)])))
+    assert app.find("updatecheck").get("status") == "noupdate"
+    assert entry_of(first).state == HostUpdateState.SUCCEEDED
+    first.refresh_from_db()
+    assert first.version == "101.0.0"
+    assert entry_of(second).state == HostUpdateState.GRANTED  # the rollout advanced
+    kinds = list(Event.objects.filter(host=first).order_by("created", "id").values_list("kind", flat=True))
+    assert kinds[-4:] == ["update_progress", "update_progress", "update_installed", "booted_new_version"]
+
+
+def test_it_records_a_rollback_for_errorcode_44(acme, web_group, granted_host):
+    app = app_of(post(request_xml(granted_host.machine_id, updatecheck=False, events=[(3, 0, 44)])))
+    assert app.find("event").get("status") == "ok"
+    entry = entry_of(granted_host)
+    assert entry.state == HostUpdateState.ROLLED_BACK and "44" in entry.error
+    event = Event.objects.get(host=granted_host, kind="rollback")
+    assert event.data["code"] == "omaha_44" and event.data["omaha"] == {"eventtype": 3, "eventresult": 0,
+                                                                        "errorcode": 44}
+    # The default failure threshold is one host: the rollout halts as for an agent's rollback.
+    assert Rollout.objects.get(pk=entry.rollout_id).status == RolloutStatus.HALTED
+
+
+def test_it_records_other_errors_as_update_errors_with_the_omaha_code(granted_host):
+    post(request_xml(granted_host.machine_id, updatecheck=False, events=[(3, 0, 7)]))
+    assert entry_of(granted_host).state == HostUpdateState.FAILED
+    assert Event.objects.get(host=granted_host, kind="update_error").data["code"] == "omaha_7"
+
+
+def test_it_answers_an_unknown_machine_noupdate_and_stores_nothing(granted_host, other_group, make_host):
+    events_before, hosts_before = Event.objects.count(), list(Host.objects.values_list("pk", "last_seen"))
+    app = app_of(post(request_xml("f" * 32, events=[(3, 0, 44)])))
+    assert app.find("updatecheck").get("status") == "noupdate"
+    assert app.find("event").get("status") == "ok"
+    assert Event.objects.count() == events_before
+    assert list(Host.objects.values_list("pk", "last_seen")) == hosts_before
+    # A machine id two organizations know is treated as unknown: the same answer, nothing stored.
+    make_host(other_group, machine_id=granted_host.machine_id)
+    events_before = Event.objects.count()
+    app = app_of(post(request_xml(granted_host.machine_id, events=[(3, 0, 44)])))
+    assert app.find("updatecheck").get("status") == "noupdate"
+    assert Event.objects.count() == events_before
+    assert entry_of(granted_host).state == HostUpdateState.GRANTED
+
+
+def test_it_refuses_an_oversized_body_and_stores_nothing(granted_host):
+    body = request_xml(granted_host.machine_id, events=[(3, 0, 44)])
+    body = body.replace(b"</app>", b"<!--" + b"x" * omaha.MAX_BODY + b"--></app>")
+    events_before = Event.objects.count()
+    r = post(body)
+    assert r.status_code == 400 and b"larger than" in r.content
+    assert Event.objects.count() == events_before
+    assert entry_of(granted_host).state == HostUpdateState.GRANTED
+    granted_host.refresh_from_db()
+    assert granted_host.last_seen is None
+
+
+def test_it_refuses_malformed_xml_and_other_protocols(web_group, make_host):
+    host = make_host(web_group)
+    r = post(b"<request protocol='3.0'><app")
+    assert r.status_code == 400 and r.content.startswith(b"malformed XML") and len(r.content) < 300
+    r = post(request_xml(host.machine_id, protocol="2.0"))
+    assert r.status_code == 400 and b"protocol" in r.content
+    r = post(b"<hello/>")
+    assert r.status_code == 400
+    assert Client().get(URL).status_code == 405
+
+
+@pytest.mark.parametrize("body", [
+    b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;">'
+    b'<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;">]><request protocol="3.0">&lol3;</request>',
+    b'<?xml version="1.0"?><!DOCTYPE r SYSTEM "file:///etc/passwd"><request protocol="3.0"/>',
+    ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE r [<!ENTITY a "b">]>'
+     '<request protocol="3.0">&a;</request>').encode("utf-16"),
+], ids=["billion-laughs", "external", "utf16"])
+def test_it_refuses_a_doctype_or_entities(body, web_group, make_host):
+    make_host(web_group)
+    events_before = Event.objects.count()
+    r = post(body)
+    assert r.status_code == 400 and b"DOCTYPE" in r.content
+    assert Event.objects.count() == events_before
