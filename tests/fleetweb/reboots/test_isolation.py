@@ -80,7 +80,7 @@ def test_without_credentials_nothing_is_readable(auth_etcd, acme, web_group):
     call_command("provision_etcd", "--enable-auth")
     anonymous = make_client([auth_etcd.url], timeout=3)
     try:
-        with pytest.raises(Exception):
+        with pytest.raises(Exception, match="(?i)user name is empty|permission denied|token"):
             anonymous.get(etcd.org_prefix(acme) + "anything")
     finally:
         anonymous.close()
