@@ -94,25 +94,20 @@ def _describe(exc: Exception) -> str:
     return text or str(exc) or type(exc).__name__
 
 
-_client = None
-_client_lock = threading.Lock()
-
-
 def client():
-    """The process's shared client (built on first use; it reconnects and re-logs in by itself)."""
-    global _client
-    with _client_lock:
-        if _client is None:
-            _client = make_client()
-        return _client
+    """The process's server client: the one the reboots app keeps (root credentials, rebuilt when
+    the settings change), so the server holds one connection to etcd, not one per app."""
+    if not configured():
+        raise EtcdUnavailable("etcd is not configured (ETCD_ENDPOINTS is empty).")
+    from fleetweb.reboots.etcd import server_client
+
+    return server_client()
 
 
 def reset_client() -> None:
-    global _client
-    with _client_lock:
-        old, _client = _client, None
-    if old is not None:
-        old.close()
+    from fleetweb.reboots.etcd import reset_client as reset
+
+    reset()
 
 
 def call(fn, *, etcd=None):
@@ -362,7 +357,7 @@ class ConfigWatch(threading.Thread):
         self.prefix = f"{org_prefix(org_slug)}config/"
         self.endpoints = endpoints
         self._notify = notify
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._cancel = None
         self.ready = threading.Event()
 
@@ -384,7 +379,7 @@ class ConfigWatch(threading.Thread):
 
     def run(self) -> None:
         delay = 1.0
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             etcd = None
             try:
                 etcd = make_client(self.endpoints, timeout=None)
@@ -395,10 +390,10 @@ class ConfigWatch(threading.Thread):
                     for event in getattr(response, "events", [response]):
                         kind = "delete" if type(event).__name__ == "DeleteEvent" else "put"
                         self.notify(self.notice(_text(event.key), kind, event.mod_revision))
-                    if self._stop.is_set():
+                    if self._halt.is_set():
                         break
             except Exception as exc:
-                if self._stop.is_set():
+                if self._halt.is_set():
                     break
                 log.warning("etcd watch on %s failed (%s); retrying in %.0f s", self.prefix, _describe(exc), delay)
             finally:
@@ -407,11 +402,11 @@ class ConfigWatch(threading.Thread):
                         etcd.close()
                     except Exception:
                         pass
-            self._stop.wait(delay)
+            self._halt.wait(delay)
             delay = min(delay * 2, 30.0)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         if self._cancel is not None:
             try:
                 self._cancel()

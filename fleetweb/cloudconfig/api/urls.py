@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from ..choices import Level
 from . import views
@@ -29,3 +29,4 @@ urlpatterns = [
     *_level_urls(Level.GROUP),
     *_level_urls(Level.HOST),
 ]
+urlpatterns += [path("", include("fleetweb.cloudconfig.etcd_api_urls"))]  # cluster config in etcd (issue 6 §5)
