@@ -121,7 +121,7 @@ class EtcdAccount(models.Model):
         fields = {"etcd_prefix": self.prefix, "etcd_username": self.username, "etcd_password": self.password}
         ca = etcd.ca_pem()
         if ca:
-            fields["etcd_ca_cert"] = ca
+            fields["etcd_ca"] = ca
         return fields
 
 

@@ -17,7 +17,7 @@ def policy_fields(group) -> dict:
     """Fields every `policy` frame carries: the organization's etcd account (agents of one
     organization get that organization's credentials only) and the lock size.
 
-    ``etcd_ca_cert`` is the PEM of ETCD_CA_FILE when etcd speaks TLS.  The server's own client
+    ``etcd_ca`` is the PEM of ETCD_CA_FILE when etcd speaks TLS.  The server's own client
     certificate is never sent: etcd may map a certificate's CN to a user, so sharing it would
     share the server's identity; hosts authenticate with their organization's user/password.
     """
