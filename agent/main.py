@@ -145,5 +145,139 @@ def status(state_dir, as_json) -> None:
                    f"priority={p['priority']} tries={p['tries']} successful={int(p['successful'])}")
 
 
+# -- agent lock …: what locksmithctl does, against the same etcd ---------------------------------
+
+def _lock_target(state_dir, endpoints, group, prefix, user, password, ca, cert, key):
+    """Settings from the options, defaulting to what the last policy stored in the state dir."""
+    from agent.config import EtcdSettings, load_etcd_settings
+    stored = load_etcd_settings(state_dir) or EtcdSettings(endpoints=[])
+    settings = EtcdSettings(
+        endpoints=[e.strip() for e in endpoints.split(",") if e.strip()] if endpoints else stored.endpoints,
+        group=stored.group if group is None else (group or None),
+        prefix=stored.prefix if prefix is None else prefix,
+        max=stored.max,
+        username=user if user is not None else stored.username,
+        password=password if password is not None else stored.password,
+        ca=ca or stored.ca, cert=cert or stored.cert, key=key or stored.key)
+    if not settings.endpoints:
+        raise AgentError(f"no etcd endpoints: pass --endpoints URLS (none in the policy stored in {state_dir})")
+    return settings
+
+
+def _machine_id(state_dir) -> str:
+    from pathlib import Path
+    try:
+        data = json.loads((Path(state_dir) / "agent.json").read_text())
+        if data.get("machine_id"):
+            return data["machine_id"]
+        root = data.get("root") or "/"
+    except (OSError, ValueError):
+        root = "/"
+    try:
+        return (Path(root) / "etc" / "machine-id").read_text().strip()
+    except OSError:
+        raise AgentError("no machine id: pass the holder ID explicitly") from None
+
+
+def _locksmith_call(settings, action):
+    from agent.config import EXIT_SERVER_UNREACHABLE
+    from agent.locksmith import ETCD_UNAVAILABLE, LockError, Locksmith
+    try:
+        client = settings.client()
+    except (ValueError, OSError) as exc:
+        raise AgentError(f"etcd client: {exc}") from None
+    try:
+        return action(Locksmith(client, settings.group, settings.prefix, default_max=max(settings.max or 1, 0)))
+    except LockError as exc:
+        raise AgentError(f"{exc.code}: {exc}", EXIT_SERVER_UNREACHABLE if exc.code == ETCD_UNAVAILABLE
+                         else EXIT_ERROR) from None
+    finally:
+        client.close()
+
+
+def lock_options(func):
+    for option in reversed([
+        state_dir_option,
+        click.option("--endpoints", default=None, help="etcd endpoints, comma separated [default: from the policy]"),
+        click.option("--group", default=None, help="lock group [default: from the policy; '' = the global lock]"),
+        click.option("--prefix", default=None, help="key prefix, e.g. fleet/acme/ [default: from the policy]"),
+        click.option("--user", default=None, help="etcd user [default: from the policy]"),
+        click.option("--password", default=None, help="etcd password [default: from the policy]"),
+        click.option("--ca", default=None, help="CA file for etcd TLS"),
+        click.option("--cert", default=None, help="client certificate file for etcd TLS"),
+        click.option("--key", default=None, help="client key file for etcd TLS"),
+    ]):
+        func = option(func)
+    return func
+
+
+@cli.group()
+def lock() -> None:
+    """The reboot semaphore in etcd (like locksmithctl)."""
+
+
+@lock.command("status")
+@lock_options
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@expected_errors
+def lock_status(state_dir, endpoints, group, prefix, user, password, ca, cert, key, as_json) -> None:
+    """Show free slots, max and the holders."""
+    settings = _lock_target(state_dir, endpoints, group, prefix, user, password, ca, cert, key)
+    sem = _locksmith_call(settings, lambda ls: ls.get())
+    if as_json:
+        click.echo(json.dumps({"semaphore": sem.semaphore, "max": sem.max, "holders": sem.holders,
+                               "group": settings.group, "key": _key(settings)}))
+        return
+    click.echo(f"Available: {sem.semaphore}")
+    click.echo(f"Max: {sem.max}")
+    if sem.holders:
+        click.echo("")
+        click.echo("MACHINE ID")
+        for holder in sem.holders:
+            click.echo(holder)
+
+
+def _key(settings) -> str:
+    from agent.locksmith import group_key
+    return group_key(settings.group, settings.prefix)
+
+
+@lock.command("lock")
+@click.argument("holder", required=False)
+@lock_options
+@expected_errors
+def lock_lock(holder, state_dir, endpoints, group, prefix, user, password, ca, cert, key) -> None:
+    """Take a slot for ID (default: this machine)."""
+    settings = _lock_target(state_dir, endpoints, group, prefix, user, password, ca, cert, key)
+    holder = holder or _machine_id(state_dir)
+    sem = _locksmith_call(settings, lambda ls: ls.lock(holder))
+    click.echo(f"locked {holder} ({sem.semaphore} of {sem.max} free)")
+
+
+@lock.command("unlock")
+@click.argument("holder", required=False)
+@lock_options
+@expected_errors
+def lock_unlock(holder, state_dir, endpoints, group, prefix, user, password, ca, cert, key) -> None:
+    """Release ID's slot (default: this machine); a non-holder is not an error."""
+    settings = _lock_target(state_dir, endpoints, group, prefix, user, password, ca, cert, key)
+    holder = holder or _machine_id(state_dir)
+    sem = _locksmith_call(settings, lambda ls: ls.unlock(holder))
+    click.echo(f"unlocked {holder} ({sem.semaphore} of {sem.max} free)")
+
+
+@lock.command("set-max")
+@click.argument("n", type=click.IntRange(min=0))
+@lock_options
+@expected_errors
+def lock_set_max(n, state_dir, endpoints, group, prefix, user, password, ca, cert, key) -> None:
+    """Set the number of hosts that may reboot at once (free slots change by new - old)."""
+    settings = _lock_target(state_dir, endpoints, group, prefix, user, password, ca, cert, key)
+    before = _locksmith_call(settings, lambda ls: ls.get())
+    sem = _locksmith_call(settings, lambda ls: ls.set_max(n))
+    click.echo(f"Old: {before.max}")
+    click.echo(f"New: {sem.max}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     cli()
