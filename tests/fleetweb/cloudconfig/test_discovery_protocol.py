@@ -1,0 +1,167 @@
+"""The discovery protocol, request by request, as etcd 3.4's v2discovery client sends it."""
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+
+import pytest
+from django.test import Client
+
+from fleetweb.cloudconfig.discovery_models import DiscoveryToken
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def web():
+    return Client()
+
+
+@pytest.fixture
+def token(db):
+    return DiscoveryToken.objects.issue(3)
+
+
+def base(token) -> str:
+    return f"/discovery/{token.token}"
+
+
+def register(web, token, member_id, value):
+    # client.Create: PUT <key>?prevExist=false, form value=..., Content-Type x-www-form-urlencoded
+    return web.put(f"{base(token)}/{member_id}?prevExist=false", f"value={value}",
+                   content_type="application/x-www-form-urlencoded")
+
+
+def test_new_returns_a_token_url(web, settings):
+    r = web.get("/discovery/new?size=5")
+    assert r.status_code == 200 and r["Content-Type"].startswith("text/plain")
+    m = re.fullmatch(re.escape(settings.FLEET_PUBLIC_URL) + r"/discovery/([0-9a-f]{32})", r.content.decode())
+    assert m
+    token = DiscoveryToken.objects.get(token=m.group(1))
+    assert token.size == 5 and token.organization is None
+
+
+@pytest.mark.parametrize("size", ["0", "100", "x", "-1"])
+def test_new_refuses_a_bad_size(web, size):
+    assert web.get(f"/discovery/new?size={size}").status_code == 400
+
+
+def test_new_with_an_operators_api_key_makes_an_owned_token(web, alice, bob, acme):
+    r = web.get("/discovery/new?size=3", HTTP_AUTHORIZATION=f"Bearer {alice.api_key}")
+    assert DiscoveryToken.objects.get(token=r.content.decode().rsplit("/", 1)[1]).organization == acme
+    assert web.get("/discovery/new", HTTP_AUTHORIZATION=f"Bearer {bob.api_key}").status_code == 403
+    assert web.get("/discovery/new", HTTP_AUTHORIZATION="Bearer fwk_nope").status_code == 401
+
+
+def test_the_size_key(web, token):
+    r = web.get(f"{base(token)}/_config/size?quorum=false&recursive=false&sorted=false")
+    assert r.status_code == 200 and r["X-Etcd-Index"] == "1"
+    assert r.json() == {"action": "get", "node": {"key": f"/{token.token}/_config/size", "value": "3",
+                                                   "modifiedIndex": 1, "createdIndex": 1}}
+
+
+def test_registration_is_put_if_absent(web, token):
+    r = register(web, token, "8e9e05c52164694d", "m1=http://10.0.0.1:2380")
+    assert r.status_code == 201 and r["X-Etcd-Index"] == "2"
+    assert r.json() == {"action": "create", "node": {"key": f"/{token.token}/8e9e05c52164694d",
+                                                      "value": "m1=http://10.0.0.1:2380",
+                                                      "modifiedIndex": 2, "createdIndex": 2}}
+    again = register(web, token, "8e9e05c52164694d", "m1=http://10.0.0.9:2380")
+    assert again.status_code == 412
+    assert again.json() == {"errorCode": 105, "message": "Key already exists",
+                            "cause": f"/{token.token}/8e9e05c52164694d", "index": 2}
+    assert token.members.get().value == "m1=http://10.0.0.1:2380"
+
+
+def test_the_token_directory_lists_members_in_creation_order(web, token):
+    register(web, token, "b", "m1=http://a:2380")
+    register(web, token, "a", "m2=http://b:2380")
+    r = web.get(f"{base(token)}?quorum=false&recursive=false&sorted=false")
+    assert r.status_code == 200 and r["X-Etcd-Index"] == "3"
+    node = r.json()["node"]
+    assert node["dir"] is True and node["key"] == f"/{token.token}"
+    assert [n["key"].rsplit("/", 1)[1] for n in node["nodes"]] == ["_config", "b", "a"]
+    assert [n.get("createdIndex") for n in node["nodes"][1:]] == [2, 3]
+    rec = web.get(f"{base(token)}?recursive=true").json()["node"]["nodes"][0]
+    assert rec["nodes"] == [{"key": f"/{token.token}/_config/size", "value": "3", "modifiedIndex": 1,
+                             "createdIndex": 1}]
+
+
+def test_a_member_beyond_size_is_refused_as_cluster_full(web, token):
+    for i in range(3):
+        assert register(web, token, f"{i + 1:x}", f"m{i}=http://h{i}:2380").status_code == 201
+    r = register(web, token, "ff", "m4=http://h4:2380")
+    assert r.status_code == 412 and r.json()["message"] == "cluster is full" and r.json()["errorCode"] == 101
+    assert token.members.count() == 3
+
+
+def test_wait_returns_a_past_event_at_once(web, token):
+    register(web, token, "aa", "m1=http://a:2380")
+    # createSelf: Watcher(selfKey, AfterIndex: createdIndex-1) → waitIndex=createdIndex
+    r = web.get(f"{base(token)}/aa?wait=true&waitIndex=2&recursive=false")
+    assert r.status_code == 200
+    assert r.json() == {"action": "create", "node": {"key": f"/{token.token}/aa", "value": "m1=http://a:2380",
+                                                      "modifiedIndex": 2, "createdIndex": 2}}
+
+
+def test_wait_with_recursive_holds_until_the_next_member(settings, token):
+    settings.DISCOVERY_WAIT = 10
+    register(Client(), token, "aa", "m1=http://a:2380")
+    result = {}
+
+    def waiter():
+        t0 = time.monotonic()
+        result["r"] = Client().get(f"{base(token)}?wait=true&waitIndex=3&recursive=true")
+        result["t"] = time.monotonic() - t0
+
+    th = threading.Thread(target=waiter)
+    th.start()
+    time.sleep(0.8)
+    assert "r" not in result  # still waiting
+    register(Client(), token, "bb", "m2=http://b:2380")
+    th.join(10)
+    assert result["r"].status_code == 200 and result["t"] >= 0.7
+    assert result["r"].json()["node"]["key"] == f"/{token.token}/bb"
+    assert result["r"].json()["node"]["modifiedIndex"] == 3
+
+
+def test_wait_times_out_with_an_empty_body_so_the_client_asks_again(web, token, settings):
+    settings.DISCOVERY_WAIT = 0.3
+    r = web.get(f"{base(token)}?wait=true&waitIndex=2&recursive=true")
+    assert r.status_code == 200 and r.content == b"" and r["X-Etcd-Index"] == "1"
+
+
+def test_unknown_tokens_and_keys_are_v2_not_found(web, token):
+    r = web.get("/discovery/" + "0" * 32 + "/_config/size")
+    assert r.status_code == 404 and r.json()["errorCode"] == 100
+    assert web.get(f"{base(token)}/nobody").json()["message"] == "Key not found"
+    assert web.get("/discovery/not-a-token").status_code == 404
+
+
+def test_config_keys_are_read_only(web, token):
+    r = web.put(f"{base(token)}/_config/size", "value=9", content_type="application/x-www-form-urlencoded")
+    assert r.status_code == 403 and r.json()["errorCode"] == 107
+    assert DiscoveryToken.objects.get(pk=token.pk).size == 3
+
+
+def test_delete_frees_a_members_slot(web, token):
+    register(web, token, "aa", "m1=http://a:2380")
+    r = web.delete(f"{base(token)}/aa")
+    assert r.status_code == 200 and r.json()["action"] == "delete" and r.json()["prevNode"]["value"] == "m1=http://a:2380"
+    assert token.members.count() == 0
+
+
+def test_three_members_registering_at_once_get_distinct_indexes(token):
+    out = []
+
+    def go(i):
+        out.append(register(Client(), token, f"{i + 10:x}", f"m{i}=http://h{i}:2380"))
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join(20) for t in threads]
+    codes = sorted(r.status_code for r in out)
+    assert codes == [201, 201, 201, 412]
+    assert sorted(json.loads(r.content)["node"]["createdIndex"] for r in out if r.status_code == 201) == [2, 3, 4]
