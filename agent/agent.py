@@ -609,6 +609,23 @@ class Agent:
             return                 # taken in this boot: the reboot has not happened yet
         self.start_release()
 
+    async def operator_unlock(self, ref: dict) -> None:
+        """``command unlock``: give back this host's slot in the reboot semaphore now."""
+        held = await asyncio.to_thread(load_lock_file, self.config.state_dir)
+        settings = load_etcd_settings(self.config.state_dir)
+        if held is None:
+            held = {"holder": self.config.machine_id, "group": settings.group if settings else None,
+                    "prefix": settings.prefix if settings else "", "endpoints": settings.endpoints if settings else []}
+        try:
+            sem = await asyncio.to_thread(self._release_once, held)
+        except Exception as exc:
+            message = f"cannot release the reboot lock: {exc}"
+            await self.emit("update_error", {"code": "unlock_failed", "message": message, **ref}, message)
+            return
+        await asyncio.to_thread(clear_lock_file, self.config.state_dir)
+        await self.emit("lock_released", {**ref, "holder": held["holder"], "group": held.get("group"),
+                                          "semaphore": sem.semaphore, "max": sem.max, "holders": sem.holders})
+
     async def operator_rollback(self, ref: dict) -> str | None:
         """``command rollback``: boot the other partition if it holds a good, successful /usr."""
         def prepare() -> dict:
@@ -717,6 +734,9 @@ class Agent:
             return SESSION_REBOOT
         if command == "rollback":
             return await self.operator_rollback(ref)
+        if command == "unlock":
+            await self.operator_unlock(ref)
+            return None
         log.info("command %s is not supported by this agent yet", command)
         await self.send("event", kind="command_unsupported", message=f"command {command} is not supported yet",
                         data=ref)

@@ -145,3 +145,33 @@ def test_it_says_etcd_is_unavailable():
             ls.unlock("a")
         assert err.value.code == "etcd_unavailable"
         client.close()
+
+
+def test_it_works_with_etcd_auth_limited_to_the_org_prefix_and_logs_in_again_on_an_invalid_token(tmp_path):
+    import subprocess
+
+    from scripts.services import start_etcd
+
+    with start_etcd(None, None) as server:
+        def ctl(*args, user=None):
+            cmd = ["etcdctl", "--endpoints", server.url, *(["--user", user] if user else []), *args]
+            subprocess.run(cmd, check=True, capture_output=True, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+        ctl("user", "add", "root:rootpw")
+        ctl("role", "add", "org-acme")
+        ctl("role", "grant-permission", "org-acme", "--prefix=true", "readwrite", "fleet/acme/")
+        ctl("user", "add", "acme:acmepw")
+        ctl("user", "grant-role", "acme", "org-acme")
+        ctl("auth", "enable")
+
+        client = make_client([server.url], user="acme", password="acmepw")
+        ours = Locksmith(client, "web", "fleet/acme/")
+        assert ours.lock("m1").holders == ["m1"]
+        with pytest.raises(LockError) as err:
+            Locksmith(client, "web", "fleet/other/").lock("m1")
+        assert "permission denied" in str(err.value)
+        client.client.metadata = (("token", "expired-token"),)       # as if the token had expired
+        assert ours.unlock("m1").holders == []
+        client.close()
+        with pytest.raises(LockError) as err:
+            Locksmith(make_client([server.url], user="acme", password="wrong"), "web", "fleet/acme/").get()
+        assert "authentication failed" in str(err.value)

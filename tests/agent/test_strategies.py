@@ -236,3 +236,14 @@ def test_etcd_secrets_stay_out_of_state_json_and_are_written_0600(tmp_path):
     assert settings.group == "web" and open(settings.ca).read().startswith("-----BEGIN")
     for name in ("etcd.json", "etcd-ca.pem"):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600
+
+
+async def test_the_unlock_command_gives_the_slot_back(make_agent, prefix):
+    agent = make_agent("etcd-lock", test_etcd_endpoints(), etcd_prefix=prefix)
+    await agent.decide_reboot()
+    assert semaphore(prefix).get().holders == [agent.config.machine_id]
+    assert await agent.handle_command({"type": "command", "command": "unlock", "id": "c1"}) is None
+    assert semaphore(prefix).get().holders == []
+    released = events(agent, "lock_released")[-1]["data"]
+    assert released["id"] == "c1" and released["holder"] == agent.config.machine_id
+    assert cfg.load_lock_file(agent.config.state_dir) is None
