@@ -43,7 +43,7 @@ def test_it_bootstraps_a_three_member_cluster_and_refuses_a_fourth(stack):
         members = [start_member(f"m{i}", url, stack.workdir) for i in (1, 2, 3)]
         procs += [m[0] for m in members]
         for proc, client, _, log in members:
-            wait_for(lambda: proc.poll() is None and healthy(client), timeout=40,
+            wait_for(lambda proc=proc, client=client: proc.poll() is None and healthy(client), timeout=40,
                      what=f"etcd member {client} healthy (log {log}: {log.read_text()[-1500:] if log.exists() else ''})")
 
         # One cluster of three, formed from the registrations: every member sees the same three peers.

@@ -5,8 +5,16 @@ import threading
 
 import pytest
 
-from fleetweb.cloudconfig.etcd import (ConfigStore, ConfigWatch, EtcdUnavailable, InvalidJSON, KeyNotFound,
-                                       KeyRefused, make_client, wait_until)
+from fleetweb.cloudconfig.etcd import (
+    ConfigStore,
+    ConfigWatch,
+    EtcdUnavailable,
+    InvalidJSON,
+    KeyNotFound,
+    KeyRefused,
+    make_client,
+    wait_until,
+)
 from scripts.services import test_etcd_endpoints
 
 
