@@ -359,11 +359,11 @@ def decode_content(content: str, encoding: str | None) -> bytes:
         if enc in ("", None):
             return data
         if enc in ("base64", "b64"):
-            return base64.b64decode(data, validate=False)
+            return base64.b64decode(b"".join(data.split()), validate=True)
         if enc in ("gz", "gzip"):
             return gzip.decompress(content.encode("latin-1"))
         if enc in ("gz+base64", "gzip+base64", "gz+b64", "gzip+b64"):
-            return gzip.decompress(base64.b64decode(data))
+            return gzip.decompress(base64.b64decode(b"".join(data.split()), validate=True))
     except (binascii.Error, OSError, EOFError, UnicodeEncodeError, gzip.BadGzipFile) as exc:
         raise ValueError(f"content cannot be decoded as {enc}: {exc}") from None
     raise ValueError(f"unknown encoding {enc}")

@@ -313,6 +313,7 @@ def hosts_with_state(group) -> list:
         h.cc_errors = st.errors if st else []
         h.cc_state = apply_state(h.cc_revision, h.cc_applied, h.cc_errors)
         h.cc_colour = ApplyState.colour(h.cc_state)
+        h.cc_label = ApplyState(h.cc_state).label
     return hosts
 
 
