@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import os
 import re
+import struct
 import subprocess
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -36,15 +37,25 @@ def vmdk(raw: Path, out: Path, subformat: str, *, seed: str, adapter: str = "ide
 
 
 def _fix_cid(path: Path, seed: str) -> None:
-    """Replace the descriptor's random ``CID=xxxxxxxx`` (same length, so nothing moves)."""
+    """Replace the descriptor's random ``CID=`` (qemu prints it unpadded) by a derived 8-digit one.
+
+    The descriptor is text in a fixed, NUL-padded area (sparse header ``descriptorOffset`` /
+    ``descriptorSize``), so the line may grow by a few bytes in place.
+    """
     cid = hashlib.sha256(f"cid|{seed}".encode()).hexdigest()[:8].encode()
     with open(path, "r+b") as fh:
-        head = fh.read(64 * 1024)
-        m = re.search(rb"\nCID=([0-9a-f]{8})\n", head)
-        if m is None:
+        header = fh.read(512)
+        if header[:4] != b"KDMV":
+            raise ToolError("qemu-img", 0, f"{path.name} is not a sparse vmdk")
+        desc_sector, desc_sectors = struct.unpack_from("<QQ", header, 28)
+        fh.seek(desc_sector * 512)
+        area = fh.read(desc_sectors * 512)
+        text = area.split(b"\0", 1)[0]
+        new, n = re.subn(rb"\nCID=[0-9a-f]{1,8}\n", b"\nCID=" + cid + b"\n", text, count=1)
+        if n != 1 or len(new) >= len(area):
             raise ToolError("qemu-img", 0, f"no CID in the vmdk descriptor of {path.name}")
-        fh.seek(m.start(1))
-        fh.write(cid)
+        fh.seek(desc_sector * 512)
+        fh.write(new.ljust(len(area), b"\0"))
 
 
 def tar(out: Path, directory: Path, names: list[str], *, epoch: int, gzip_it: bool = False,
