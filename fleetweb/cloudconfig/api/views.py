@@ -192,6 +192,12 @@ class ValidateView(APIView):
         super().check_permissions(request)
 
 
+class CredentialRejected(exceptions.APIException):
+    status_code = status.HTTP_401_UNAUTHORIZED
+    default_detail = "invalid or revoked host credential"
+    default_code = "unauthorized"
+
+
 class AgentDocumentView(APIView):
     """The agent's own effective document (its credential is the authentication)."""
 
@@ -204,7 +210,7 @@ class AgentDocumentView(APIView):
         secret = header[7:].strip() if header.startswith("Bearer ") else ""
         host = HostCredential.objects.authenticate(secret) if secret else None
         if host is None:
-            raise exceptions.AuthenticationFailed("invalid or revoked host credential")
+            raise CredentialRejected()
         return host
 
     def answer(self, host) -> Response:
