@@ -18,7 +18,7 @@ from .etcd import EtcdError, configured
 from .etcd_scope import store_for
 
 
-class EntrySerializer(serializers.Serializer):
+class ClusterConfigEntrySerializer(serializers.Serializer):
     key = serializers.CharField(help_text="Relative to the scope's prefix")
     value = serializers.CharField(allow_blank=True)
     json = serializers.BooleanField(help_text="Marked JSON: only valid JSON can be stored")
@@ -28,31 +28,31 @@ class EntrySerializer(serializers.Serializer):
     etcd_key = serializers.CharField(help_text="The full etcd key hosts read")
 
 
-class ListSerializer(serializers.Serializer):
+class ClusterConfigListSerializer(serializers.Serializer):
     scope = serializers.ChoiceField(choices=["org", "group"])
     group = serializers.IntegerField(allow_null=True)
     prefix = serializers.CharField()
-    results = EntrySerializer(many=True)
+    results = ClusterConfigEntrySerializer(many=True)
 
 
-class PutSerializer(serializers.Serializer):
+class ClusterConfigPutSerializer(serializers.Serializer):
     key = serializers.CharField(max_length=512)
     value = serializers.CharField(allow_blank=True, trim_whitespace=False)
     json = serializers.BooleanField(required=False, allow_null=True, default=None,
                                     help_text="true marks the key JSON, false unmarks it, omitted keeps the marker")
 
 
-class RevisionSerializer(serializers.Serializer):
+class ClusterConfigRevisionSerializer(serializers.Serializer):
     value = serializers.CharField(allow_blank=True)
     mod_revision = serializers.IntegerField()
     create_revision = serializers.IntegerField()
     version = serializers.IntegerField()
 
 
-class HistorySerializer(serializers.Serializer):
+class ClusterConfigHistorySerializer(serializers.Serializer):
     key = serializers.CharField()
     etcd_key = serializers.CharField()
-    revisions = RevisionSerializer(many=True)
+    revisions = ClusterConfigRevisionSerializer(many=True)
     compacted = serializers.BooleanField(help_text="Older revisions existed but etcd compacted them")
     truncated = serializers.BooleanField()
 
@@ -94,7 +94,7 @@ class ClusterConfigMixin:
 
 @extend_schema(tags=["cluster-config"])
 class ClusterConfigListView(ClusterConfigMixin, APIView):
-    @extend_schema(operation_id="cluster_config_list", parameters=SCOPE, responses={200: ListSerializer, **ERRORS})
+    @extend_schema(operation_id="cluster_config_list", parameters=SCOPE, responses={200: ClusterConfigListSerializer, **ERRORS})
     def get(self, request):
         store, group = self.store(request)
         entries = self.run(store.list)
@@ -105,17 +105,17 @@ class ClusterConfigListView(ClusterConfigMixin, APIView):
 @extend_schema(tags=["cluster-config"])
 class ClusterConfigKeyView(ClusterConfigMixin, APIView):
     @extend_schema(operation_id="cluster_config_get", parameters=[*SCOPE, KEY],
-                   responses={200: EntrySerializer, **ERRORS})
+                   responses={200: ClusterConfigEntrySerializer, **ERRORS})
     def get(self, request):
         store, _ = self.store(request)
         key = self.key(request)
         return Response(self.run(lambda: store.get(key)).as_dict())
 
-    @extend_schema(operation_id="cluster_config_put", parameters=SCOPE, request=PutSerializer,
-                   responses={200: EntrySerializer, **ERRORS})
+    @extend_schema(operation_id="cluster_config_put", parameters=SCOPE, request=ClusterConfigPutSerializer,
+                   responses={200: ClusterConfigEntrySerializer, **ERRORS})
     def put(self, request):
         store, _ = self.store(request)
-        body = PutSerializer(data=request.data)
+        body = ClusterConfigPutSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
         entry = self.run(lambda: store.put(data["key"], data["value"], as_json=data.get("json")))
@@ -133,7 +133,7 @@ class ClusterConfigKeyView(ClusterConfigMixin, APIView):
 @extend_schema(tags=["cluster-config"])
 class ClusterConfigHistoryView(ClusterConfigMixin, APIView):
     @extend_schema(operation_id="cluster_config_history", parameters=[*SCOPE, KEY],
-                   responses={200: HistorySerializer, **ERRORS})
+                   responses={200: ClusterConfigHistorySerializer, **ERRORS})
     def get(self, request):
         store, _ = self.store(request)
         key = self.key(request)
