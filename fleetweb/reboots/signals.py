@@ -24,10 +24,18 @@ def policy_fields(group) -> dict:
     fields = {"max_concurrent_reboots": group.max_concurrent_reboots}
     if not etcd.configured():
         return fields
+    from django.conf import settings
+
     from .models import EtcdAccount
 
-    account = EtcdAccount.objects.for_policy(group.organization)
-    fields.update(account.policy_fields())
+    fields["etcd_prefix"] = etcd.org_prefix(group.organization)
+    ca = etcd.ca_pem()
+    if ca:
+        fields["etcd_ca"] = ca
+    if settings.ETCD_USERNAME:
+        # etcd has auth on (the server itself logs in): hand out the organization's own user.
+        # Without auth, etcd refuses any login ("authentication is not enabled"), so none is sent.
+        fields.update(EtcdAccount.objects.for_policy(group.organization).policy_fields())
     return fields
 
 
