@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.etcd import make_client  # noqa: E402
-from agent.locksmith import NO_SLOTS, Locksmith, LockError  # noqa: E402
+from agent.locksmith import NO_SLOTS, LockError, Locksmith  # noqa: E402
 from bench._common import emit, emit_ratio, log, pct  # noqa: E402
 
 

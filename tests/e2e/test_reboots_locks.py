@@ -13,9 +13,8 @@ from .conftest import BIN, wait_for
 
 @pytest.fixture
 def etcd_env(monkeypatch, settings):
-    from scripts.services import test_etcd_endpoints
-
     from fleetweb.reboots import etcd
+    from scripts.services import test_etcd_endpoints
 
     endpoints = test_etcd_endpoints()
     monkeypatch.setenv("ETCD_ENDPOINTS", ",".join(endpoints))   # the uvicorn the stack starts

@@ -93,8 +93,10 @@ def test_set_max_rejects_bad_input(alice, held, web_group):
     assert r.status_code == 400 and "holder" in r.json()["errors"]
 
 
-def test_changing_the_groups_max_concurrent_reboots_sets_max(alice, held, acme, web_group):
-    r = alice.patch(f"/api/v1/groups/{web_group.pk}/", {"max_concurrent_reboots": 3}, format="json")
+def test_changing_the_groups_max_concurrent_reboots_sets_max(alice, held, acme, web_group,
+                                                            django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        r = alice.patch(f"/api/v1/groups/{web_group.pk}/", {"max_concurrent_reboots": 3}, format="json")
     assert r.status_code == 200, r.json()
     assert semaphore(acme, "web") == {"semaphore": 2, "max": 3, "holders": [held.machine_id]}
 
