@@ -161,14 +161,15 @@ def test_it_moves_a_host_through_the_omaha_events_to_succeeded_and_advances_the_
     assert kinds[-4:] == ["update_progress", "update_progress", "update_installed", "booted_new_version"]
 
 
-def test_it_records_a_rollback_for_errorcode_44(acme, web_group, granted_host):
-    app = app_of(post(request_xml(granted_host.machine_id, updatecheck=False, events=[(3, 0, 44)])))
+@pytest.mark.parametrize("errorcode", [44, 44 | 0x80000000], ids=["plain", "dev-mode-flag"])
+def test_it_records_a_rollback_for_errorcode_44(acme, web_group, granted_host, errorcode):
+    app = app_of(post(request_xml(granted_host.machine_id, updatecheck=False, events=[(3, 0, errorcode)])))
     assert app.find("event").get("status") == "ok"
     entry = entry_of(granted_host)
     assert entry.state == HostUpdateState.ROLLED_BACK and "44" in entry.error
     event = Event.objects.get(host=granted_host, kind="rollback")
     assert event.data["code"] == "omaha_44" and event.data["omaha"] == {"eventtype": 3, "eventresult": 0,
-                                                                        "errorcode": 44}
+                                                                        "errorcode": errorcode}
     # The default failure threshold is one host: the rollout halts as for an agent's rollback.
     assert Rollout.objects.get(pk=entry.rollout_id).status == RolloutStatus.HALTED
 
