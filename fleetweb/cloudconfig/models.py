@@ -307,7 +307,7 @@ def hosts_with_state(group) -> list:
     base, per_host = CloudConfig.objects.host_revisions(group)
     hosts = list(group.hosts.select_related("cloud_config_state").order_by("hostname", "id"))
     for h in hosts:
-        st = getattr(h, "cloud_config_state", None) if _has_state(h) else None
+        st = _state(h)
         h.cc_revision = max(base, per_host.get(h.pk, 0))
         h.cc_applied = st.applied_revision if st else None
         h.cc_errors = st.errors if st else []
@@ -317,12 +317,11 @@ def hosts_with_state(group) -> list:
     return hosts
 
 
-def _has_state(host) -> bool:
+def _state(host) -> HostCloudConfigState | None:
     try:
-        host.cloud_config_state
-        return True
+        return host.cloud_config_state
     except HostCloudConfigState.DoesNotExist:
-        return False
+        return None
 
 
 # ---------------------------------------------------------------------------------------------

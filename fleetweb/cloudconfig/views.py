@@ -15,7 +15,15 @@ from fleetweb.core.views import can_operate, member_required, require_operator
 from fleetweb.fleet.models import Group, Host
 
 from .choices import ApplyState, EntryKind, Level
-from .models import CloudConfig, FetchUrl, HostCloudConfigState, InvalidDocument, apply_state, host_addresses, hosts_with_state
+from .models import (
+    CloudConfig,
+    FetchUrl,
+    HostCloudConfigState,
+    InvalidDocument,
+    apply_state,
+    host_addresses,
+    hosts_with_state,
+)
 
 INVALID = 422
 URL_NAMES = {Level.ORGANIZATION: "cloudconfig-org", Level.GROUP: "cloudconfig-group", Level.HOST: "cloudconfig-host"}
