@@ -398,6 +398,7 @@ class Host(models.Model):
             models.Index(fields=["organization", "hostname", "id"], name="host_org_hostname"),
             models.Index(fields=["organization", "online"], name="host_org_online"),
             models.Index(fields=["organization", "group"], name="host_org_group"),
+            models.Index(fields=["machine_id"], name="host_machine_id"),  # Omaha check-ins
         ]
 
     def __str__(self) -> str:

@@ -4,6 +4,7 @@ from . import omaha, payloads, views
 
 urlpatterns = [
     path("v1/update/", omaha.update, name="omaha-update"),
+    path("v1/update", omaha.update),  # update_engine SERVER= values written without the slash
     path("payloads/<int:release_id>/<uuid:host_id>/<int:expires>/<str:sig>", payloads.download,
          name="payload-download"),
     path("releases/", views.release_list, name="release-list"),
