@@ -448,10 +448,11 @@ def _virtualbox(ctx: BuildContext, p: Prepared) -> list[Path]:
 def _ova(ctx: BuildContext, p: Prepared, ova: Path, ovf: Path, vmdk: Path, flavor: str) -> None:
     """An OVA: the .ovf first, then the disk, then a .mf manifest (OVF 1.0 §5.3)."""
     d = ctx.work / f"{flavor}-ova"
-    d.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
     stem = ova.stem
     shutil.copyfile(ovf, d / f"{stem}.ovf")
-    os.link(vmdk, d / vmdk.name) if not (d / vmdk.name).exists() else None
+    os.link(vmdk, d / vmdk.name)
     mf = "".join(f"SHA256({n})= {disk.file_sha256(d / n)}\n" for n in (f"{stem}.ovf", vmdk.name))
     (d / f"{stem}.mf").write_text(mf)
     ctx.step(f"{flavor}: ova (ovf first)")
