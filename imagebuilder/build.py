@@ -84,6 +84,9 @@ PREFIX = "fleetweb_production"
 WORK = "_work"
 PLACEHOLDER_PLATFORM = "generic"
 KERNEL_CMDLINE = "console=tty0 console=ttyS0,115200n8 mount.usr=PARTLABEL=USR-A"
+# What the disk's boot entries and the qemu script pass: no mount.usr=, so the initramfs runs the
+# gptprio choice (KERNEL_CMDLINE forces USR-A).
+BOOT_CMDLINE = "console=tty0 console=ttyS0,115200n8"
 ROOT_MIB = 16
 
 
@@ -213,7 +216,17 @@ def _rootfs_tree(ctx: BuildContext, inputs: rootfs.Inputs | None) -> Path:
     return src / "usr" if (src / "usr").is_dir() else src
 
 
-def _boot_files(ctx: BuildContext, kernel: Path, initrd: Path) -> Path:
+def _entry(title: str, options: str) -> str:
+    return f"title {title}\nlinux /vmlinuz\ninitrd /initrd.img\noptions {options}\n"
+
+
+def _boot_files(ctx: BuildContext, kernel: Path, initrd: Path, loader: Path | None = None) -> Path:
+    """The EFI-SYSTEM tree: systemd-boot as the removable-media loader, its entries, kernel, initramfs.
+
+    ``fleetweb.conf`` (default) boots without ``mount.usr=``: the initramfs makes the gptprio
+    choice itself from the GPT (:data:`imagebuilder.rootfs.GPTPRIO_SCRIPT`); ``usr-a.conf`` and
+    ``usr-b.conf`` force one USR partition (pick them in the menu: hold a key while it starts).
+    """
     efi = ctx.work / "efi-tree"
     if efi.exists():
         shutil.rmtree(efi)
@@ -221,14 +234,20 @@ def _boot_files(ctx: BuildContext, kernel: Path, initrd: Path) -> Path:
     (efi / "EFI" / "fleetweb").mkdir(parents=True)
     shutil.copyfile(kernel, efi / "vmlinuz")
     shutil.copyfile(initrd, efi / "initrd.img")
-    (efi / "loader" / "loader.conf").write_text("default fleetweb.conf\ntimeout 1\n")
-    (efi / "loader" / "entries" / "fleetweb.conf").write_text(
-        f"title Fleetweb {ctx.version} ({ctx.channel})\nlinux /vmlinuz\ninitrd /initrd.img\n"
-        f"options {KERNEL_CMDLINE}\n")
+    if loader is not None:
+        (efi / "EFI" / "BOOT").mkdir(parents=True)
+        shutil.copyfile(loader, efi / "EFI" / "BOOT" / "BOOTX64.EFI")
+    (efi / "loader" / "loader.conf").write_text("default fleetweb.conf\ntimeout 0\neditor no\n")
+    title = f"Fleetweb {ctx.version} ({ctx.channel})"
+    entries = efi / "loader" / "entries"
+    (entries / "fleetweb.conf").write_text(_entry(title, BOOT_CMDLINE))
+    for label in gpt.USR_LABELS:
+        (entries / f"{label.lower()}.conf").write_text(
+            _entry(f"{title}, {label} forced", f"{BOOT_CMDLINE} mount.usr=PARTLABEL={label}"))
     (efi / "EFI" / "fleetweb" / "grub.cfg").write_text(
         "set timeout=1\nsearch --no-floppy --set=root --label EFI-SYSTEM\n"
-        f"menuentry 'Fleetweb {ctx.version} ({ctx.channel})' {{\n"
-        f"  linux /vmlinuz {KERNEL_CMDLINE}\n  initrd /initrd.img\n}}\n")
+        f"menuentry '{title}' {{\n"
+        f"  linux /vmlinuz {BOOT_CMDLINE}\n  initrd /initrd.img\n}}\n")
     return efi
 
 
@@ -287,6 +306,7 @@ def _prepare(ctx: BuildContext) -> Prepared:
         ctx.step("initramfs (busybox init, boot modules)")
         if ctx.kernel is None:
             modules = rootfs.resolve_modules(inputs.modules, rootfs.BOOT_MODULES)
+            modules += rootfs.optional_modules(inputs.modules, [n for n, _ in modules])
             ctx.log("modules: " + " ".join(name for name, _ in modules))
         else:
             ctx.log("custom kernel without --initrd: the initramfs carries no modules")
@@ -297,9 +317,11 @@ def _prepare(ctx: BuildContext) -> Prepared:
     # EFI, OEM, ROOT, disk
     t = time.monotonic()
     disk_guid = disk.derive_guid("disk", ctx.version, usr_mib, epoch)
-    efi_files = _boot_files(ctx, kernel, initrd)
+    ctx.step("UEFI loader (systemd-boot)")
+    loader = rootfs.fetch_efi_loader(ctx.log)
+    efi_files = _boot_files(ctx, kernel, initrd, loader)
     efi_mib = max(disk.EFI_MIB, -(-_tree_bytes(efi_files) * 11 // 10 // MIB) + 4)
-    ctx.step(f"EFI-SYSTEM vfat ({efi_mib} MiB: kernel, initramfs, boot entries)")
+    ctx.step(f"EFI-SYSTEM vfat ({efi_mib} MiB: systemd-boot, kernel, initramfs, boot entries)")
     efi = disk.make_vfat_image(ctx.work / "efi.img", efi_mib * MIB, label="EFI-SYSTEM", seed=disk_guid,
                                files_dir=efi_files, epoch=epoch)
     ctx.step(f"OEM ext4 (platform id placeholder {PLACEHOLDER_PLATFORM!r})")

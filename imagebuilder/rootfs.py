@@ -34,9 +34,14 @@ BUSYBOX_PKG = "busybox-static"
 # Modules the boot needs from the cloud kernel (ext4 and crc32c are built in there); their
 # dependencies are read from each module's .modinfo and loaded first.
 BOOT_MODULES = ("virtio_pci", "virtio_blk", "loop")
+# Disk drivers of the other platforms, loaded when the kernel has them as modules: GCE
+# (virtio-scsi), older EC2 (Xen), Hyper-V, VMware PVSCSI.  NVMe (EC2 Nitro) is built in.
+OPTIONAL_BOOT_MODULES = ("virtio_scsi", "sd_mod", "xen_blkfront", "hv_storvsc", "vmw_pvscsi")
+SYSTEMD_BOOT_PKG = "systemd-boot-efi"
+SYSTEMD_BOOT_EFI = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 
 INIT_SCRIPT = r"""#!/bin/busybox sh
-# Fleetweb init: find USR by its GPT label, mount it read-only, print the boot banner.
+# Fleetweb init: choose USR (gptprio, or mount.usr=PARTLABEL=X), mount it read-only, print the banner.
 /bin/busybox mkdir -p /proc /sys /dev /usr /tmp
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
@@ -53,6 +58,17 @@ for arg in $(cat /proc/cmdline); do
 done
 labels="${want:-USR-A USR-B}"
 dev=""; label=""
+# the block device name of the partition labelled $1 ("" until the kernel has it)
+part_by_label() {
+	for ev in /sys/class/block/*/uevent; do
+		if grep -qx "PARTNAME=$1" "$ev" 2>/dev/null; then sed -n 's/^DEVNAME=//p' "$ev"; return; fi
+	done
+}
+try_mount() {   # $1 = label, $2 = device name
+	say "found USR by GPT label PARTNAME=$1 at /dev/$2"
+	if mount -t ext4 -o ro "/dev/$2" /usr; then dev=/dev/$2; label=$1; return 0; fi
+	say "USR $1 (/dev/$2) does not mount"; return 1
+}
 if [ -f /usr.img ]; then
 	say "found USR image /usr.img (PXE)"
 	if mount -t ext4 -o loop,ro /usr.img /usr; then
@@ -61,19 +77,32 @@ if [ -f /usr.img ]; then
 		dev="/usr.img via $loopdev, filesystem label $label"
 	fi
 else
-	i=0
-	while [ -z "$dev" ] && [ $i -lt 100 ]; do
-		for want_label in $labels; do
-			for ev in /sys/class/block/*/uevent; do
-				if grep -qx "PARTNAME=$want_label" "$ev" 2>/dev/null; then
-					name=$(sed -n 's/^DEVNAME=//p' "$ev")
-					say "found USR by GPT label PARTNAME=$want_label at /dev/$name"
-					if mount -t ext4 -o ro "/dev/$name" /usr; then dev=/dev/$name; label=$want_label; break 2; fi
-				fi
-			done
-		done
-		[ -n "$dev" ] || { i=$((i + 1)); sleep 0.1; }
+	i=0; first=""
+	while [ -z "$first" ] && [ $i -lt 100 ]; do
+		for l in $labels; do first=$(part_by_label "$l"); [ -n "$first" ] && break; done
+		[ -n "$first" ] || { i=$((i + 1)); sleep 0.1; }
 	done
+	if [ -z "$want" ] && [ -n "$first" ]; then
+		# no mount.usr=: the CoreOS gptprio choice on the disk holding USR (tries are decremented)
+		disk=$(basename "$(cd -P "/sys/class/block/$first/.." && pwd -P)")
+		GPTPRIO_SECTOR_SIZE=$(cat "/sys/block/$disk/queue/logical_block_size" 2>/dev/null || echo 512)
+		export GPTPRIO_SECTOR_SIZE
+		if choice=$(gptprio --commit "/dev/$disk" 2>/tmp/gptprio.err); then
+			set -- $choice
+			say "gptprio on /dev/$disk chose partition $1 ($2: priority=$3 tries=$4 successful=$5)"
+			name=$(part_by_label "$2")
+			[ -n "$name" ] && try_mount "$2" "$name"
+		else
+			say "gptprio on /dev/$disk: $(cat /tmp/gptprio.err); trying labels in order"
+		fi
+	fi
+	if [ -z "$dev" ]; then
+		for l in $labels; do
+			[ "$l" = "$label" ] && continue
+			name=$(part_by_label "$l")
+			[ -n "$name" ] && try_mount "$l" "$name" && break
+		done
+	fi
 fi
 if [ -z "$dev" ]; then
 	say "no USR partition found (labels: $labels)"
@@ -84,6 +113,86 @@ else
 	echo "fleetweb-boot: version=$ver usr=$label mounted=$mode" > /dev/console
 fi
 exec setsid cttyhack sh
+"""
+
+# /bin/gptprio in the initramfs: the DESIGN section 4 boot choice read straight from the GPT
+# (busybox has no GPT attribute reader).  Same rule and same bytes written as
+# agent.disk.boot_choice; tested against it on the host with the cached busybox.
+GPTPRIO_SCRIPT = r"""#!/bin/sh
+# gptprio [--commit] DISK: the CoreOS gptprio boot choice (DESIGN 4) in busybox sh + awk.
+# Among the USR partitions (type 5dfbf5f4-...) with priority > 0 and (tries > 0 or successful)
+# the highest priority wins (ties: the lower number).  Prints "NUMBER LABEL PRIORITY TRIES
+# SUCCESSFUL" of the winner as it was before the choice; exit 1: none is bootable, 2: no valid
+# primary GPT.  --commit: when the winner has tries > 0, decrement them and rewrite both GPT
+# copies (the attribute byte in both entry arrays, the entry-array CRC32 and both header CRC32s).
+commit=0
+[ "$1" = "--commit" ] && { commit=1; shift; }
+disk="$1"
+ss="${GPTPRIO_SECTOR_SIZE:-512}"
+[ -n "$disk" ] || { echo "usage: gptprio [--commit] DISK" >&2; exit 64; }
+sectors() { dd if="$disk" bs="$ss" skip="$1" count="$2" 2>/dev/null | od -An -v -tu1; }
+put() { printf "$2" | dd of="$disk" bs=1 seek="$1" conv=notrunc 2>/dev/null; }
+LIB='
+function tbl(   n, c, k) { for (n = 0; n < 256; n++) { c = n; for (k = 0; k < 8; k++) c = and(c, 1) ? xor(3988292384, rshift(c, 1)) : rshift(c, 1); T[n] = c } }
+function crc(a, from, len,   c, i) { c = 4294967295; for (i = from; i < from + len; i++) c = xor(T[and(xor(c, a[i]), 255)], rshift(c, 8)); return xor(c, 4294967295) }
+function le(a, off, len,   v, i) { v = 0; for (i = len - 1; i >= 0; i--) v = v * 256 + a[off + i]; return v }
+function setle(a, off, len, v,   i) { for (i = 0; i < len; i++) { a[off + i] = v % 256; v = int(v / 256) } }
+{ for (i = 1; i <= NF; i++) b[nb++] = $i + 0 }
+'
+hdr=$(sectors 1 1 | awk "$LIB"'
+END {
+	tbl()
+	if (b[0] != 69 || b[1] != 70 || b[2] != 73 || b[3] != 32 || b[4] != 80 || b[5] != 65 || b[6] != 82 || b[7] != 84) { print "bad"; exit }
+	hs = le(b, 12, 4); want = le(b, 16, 4); for (i = 16; i < 20; i++) b[i] = 0
+	if (hs < 92 || hs > 512 || crc(b, 0, hs) != want) { print "bad"; exit }
+	print le(b, 32, 8), le(b, 72, 8), le(b, 80, 4), le(b, 84, 4), le(b, 88, 4)
+}')
+set -- $hdr
+[ "$1" = "bad" ] || [ $# -ne 5 ] && { echo "gptprio: $disk: no valid primary GPT" >&2; exit 2; }
+alt=$1 elba=$2 n=$3 esz=$4 ecrc=$5
+esec=$(( (n * esz + ss - 1) / ss ))
+pick=$(sectors "$elba" "$esec" | awk -v n="$n" -v esz="$esz" -v ecrc="$ecrc" "$LIB"'
+END {
+	tbl()
+	if (crc(b, 0, n * esz) != ecrc) { print "bad"; exit }
+	# USR type GUID 5dfbf5f4-2848-4bac-aa5e-0d9a20b745a6, on disk (mixed endian)
+	split("244 245 251 93 72 40 172 75 170 94 13 154 32 183 69 166", g, " ")
+	best = -1
+	for (e = 0; e < n; e++) {
+		o = e * esz; usr = 1
+		for (k = 0; k < 16; k++) if (b[o + k] != g[k + 1]) { usr = 0; break }
+		if (!usr) continue
+		p = and(b[o + 54], 15); t = rshift(b[o + 54], 4); s = and(b[o + 55], 1)
+		if (p > 0 && (t > 0 || s) && (best < 0 || p > bp)) { best = e; bp = p; bt = t; bs = s }
+	}
+	if (best < 0) { print "none"; exit }
+	o = best * esz; label = ""
+	for (k = 56; k < 128 && k < esz; k += 2) { c = b[o + k] + 256 * b[o + k + 1]; if (c == 0) break; label = label sprintf("%c", c < 128 ? c : 63) }
+	newb = b[o + 54]; newcrc = ecrc
+	if (bt > 0) { newb = b[o + 54] - 16; b[o + 54] = newb; newcrc = crc(b, 0, n * esz) }
+	print best + 1, label, bp, bt, bs, o + 54, newb, newcrc
+}')
+set -- $pick
+case "$1" in
+	bad) echo "gptprio: $disk: the primary GPT entry array fails its CRC" >&2; exit 2 ;;
+	none|"") echo "gptprio: $disk: no bootable USR partition" >&2; exit 1 ;;
+esac
+echo "$1 $2 $3 $4 $5"
+[ "$commit" = 1 ] && [ "$4" -gt 0 ] || exit 0
+off=$6 newb=$7 newcrc=$8
+oct() { printf '\\%03o' "$1"; }
+for hlba in 1 "$alt"; do
+	patch=$(sectors "$hlba" 1 | awk -v ecrc="$newcrc" "$LIB"'
+	END {
+		tbl(); hs = le(b, 12, 4)
+		setle(b, 88, 4, ecrc); setle(b, 16, 4, 0); setle(b, 16, 4, crc(b, 0, hs))
+		out = le(b, 72, 8) " "; for (i = 0; i < hs; i++) out = out sprintf("\\%03o", b[i]); print out
+	}')
+	set -- $patch
+	put $(( $1 * ss + off )) "$(oct "$newb")"
+	put $(( hlba * ss )) "$2"
+done
+sync
 """
 
 
@@ -157,6 +266,40 @@ def fetch_inputs(log: Callable[[str], None] = lambda s: None, cache: Path | None
     if not busybox.is_file():
         raise BuildError(f"no busybox in {broot}: remove {broot} to fetch it again")
     return Inputs(kernel=kernels[-1], modules=modules, kernel_version=kver, busybox=busybox)
+
+
+def fetch_efi_loader(log: Callable[[str], None] = lambda s: None, cache: Path | None = None) -> Path:
+    """systemd-boot's ``systemd-bootx64.efi`` (Debian ``systemd-boot-efi``), fetched once into the cache.
+
+    Offline, with the package installed on this machine, its file is copied into the cache instead.
+    """
+    cache = cache or cache_dir()
+    sroot = cache / "systemd-boot"
+    if not sroot.is_dir():
+        log(f"fetching {SYSTEMD_BOOT_PKG} into {cache}")
+        try:
+            _unpack(_apt_download(SYSTEMD_BOOT_PKG, cache / "debs", log), sroot, log)
+        except BuildError:
+            installed = Path("/") / SYSTEMD_BOOT_EFI
+            if not installed.is_file():
+                raise
+            log(f"apt-get download failed: using the installed {installed}")
+            tmp = sroot.with_name(sroot.name + ".tmp")
+            (tmp / SYSTEMD_BOOT_EFI).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / SYSTEMD_BOOT_EFI).write_bytes(installed.read_bytes())
+            tmp.rename(sroot)
+    loader = sroot / SYSTEMD_BOOT_EFI
+    if not loader.is_file():
+        raise BuildError(f"no {SYSTEMD_BOOT_EFI} in {sroot}: remove {sroot} to fetch it again")
+    return loader
+
+
+def optional_modules(modules_dir: Path, have: Iterable[str]) -> list[tuple[str, Path]]:
+    """:data:`OPTIONAL_BOOT_MODULES` this kernel ships as modules (+ dependencies), minus ``have``."""
+    present = {ko.stem.replace("-", "_") for ko in modules_dir.rglob("*.ko")}
+    got = set(have)
+    return [(n, p) for n, p in resolve_modules(modules_dir, [m for m in OPTIONAL_BOOT_MODULES if m in present])
+            if n not in got]
 
 
 # -- kernel modules ------------------------------------------------------------------------
@@ -285,6 +428,7 @@ def make_initramfs(output: Path, *, busybox: Path, modules: list[tuple[str, Path
         w.file("bin/busybox", busybox, 0o755)
         w.symlink("bin/sh", "busybox")
         w.bytes("init", INIT_SCRIPT.encode(), 0o755)
+        w.bytes("bin/gptprio", GPTPRIO_SCRIPT.encode(), 0o755)
         w.bytes("etc/modules", "".join(f"{name}\n" for name, _ in modules).encode())
         for name, ko in modules:
             w.file(f"lib/modules/{name}.ko", ko)
