@@ -242,6 +242,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several domains have a `status`; name each enum after its domain.
+    "ENUM_NAME_OVERRIDES": {
+        "RolloutStatusEnum": "fleetweb.updates.choices.RolloutStatus",
+        "BuildStatusEnum": "fleetweb.builds.choices.BuildStatus",
+    },
 }
 
 LOGGING = {

@@ -49,6 +49,26 @@ class EventKind(models.TextChoices):
     UPDATE_FAILED = "update_error", "Update failed"
     ROLLED_BACK = "rollback", "Rolled back"
     REBOOT_NEEDED = "reboot_needed", "Reboot needed"
+    REBOOTING = "rebooting", "Rebooting"
+    REBOOT_PATH = "reboot_path", "Reboot path chosen"
+    REBOOT_WAITING = "reboot_waiting", "Reboot waiting"
+    HEALTH_CHECK_FAILED = "health_check_failed", "Health check failed"
+    ALREADY_CURRENT = "already_current", "Already on that version"
+    SIGNING_KEY_PINNED = "signing_key_pinned", "Signing key pinned"
+    SIGNING_KEY_ROTATED = "signing_key_rotated", "Signing key rotation followed"
+    COMMAND_UNSUPPORTED = "command_unsupported", "Command not supported"
+    # reboot coordination (the agent's view and the server's)
+    LOCK_ACQUIRED = "lock_acquired", "Reboot lock acquired"
+    LOCK_WAITING = "lock_waiting", "Waiting for the reboot lock"
+    LOCK_TAKEN = "lock_taken", "Reboot lock taken"
+    LOCK_RELEASED = "lock_released", "Reboot lock released"
+    LOCK_UNLOCKED = "lock_unlocked", "Reboot lock released by an admin"
+    LOCK_SET_MAX = "lock_set_max", "Reboot lock max changed"
+    LOCK_STUCK = "lock_stuck", "Host stuck holding the reboot lock"
+    FLEETLOCK_ROTATED = "fleetlock_rotated", "FleetLock URL rotated"
+    ETCD_PROVISIONED = "etcd_provisioned", "etcd account provisioned"
+    # host configuration
+    CLOUD_CONFIG_APPLIED = "cloud_config_applied", "Cloud-config applied"
 
     @classmethod
     def colour(cls, kind: str) -> str:
@@ -60,4 +80,9 @@ class EventKind(models.TextChoices):
             cls.ROLLOUT_STARTED: "blue", cls.ROLLOUT_HALTED: "red", cls.ROLLOUT_ABORTED: "grey",
             cls.ROLLOUT_COMPLETED: "green", cls.UPDATE_SUCCEEDED: "green", cls.UPDATE_FAILED: "red",
             cls.ROLLED_BACK: "red", cls.UPDATE_INSTALLED: "blue", cls.REBOOT_NEEDED: "orange",
+            cls.REBOOTING: "orange", cls.HEALTH_CHECK_FAILED: "red", cls.LOCK_ACQUIRED: "orange",
+            cls.LOCK_TAKEN: "orange", cls.LOCK_WAITING: "grey", cls.LOCK_RELEASED: "green",
+            cls.LOCK_UNLOCKED: "purple", cls.LOCK_SET_MAX: "purple", cls.LOCK_STUCK: "red",
+            cls.FLEETLOCK_ROTATED: "blue", cls.ETCD_PROVISIONED: "blue", cls.CLOUD_CONFIG_APPLIED: "green",
+            cls.SIGNING_KEY_ROTATED: "purple", cls.KEY_ROTATED: "purple",
         }.get(kind, "grey")

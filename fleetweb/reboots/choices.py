@@ -3,7 +3,7 @@ from django.db import models
 
 
 class LockEventKind(models.TextChoices):
-    """Activity-log kinds written by this app (``fleet.Event.kind`` holds them as plain strings)."""
+    """Activity-log kinds written by this app; the same values are in ``fleet.choices.EventKind``."""
 
     LOCK_TAKEN = "lock_taken", "Reboot lock taken"
     LOCK_RELEASED = "lock_released", "Reboot lock released"
@@ -15,9 +15,9 @@ class LockEventKind(models.TextChoices):
 
     @classmethod
     def colour(cls, kind: str) -> str:
-        return {cls.LOCK_TAKEN: "orange", cls.LOCK_RELEASED: "green", cls.LOCK_UNLOCKED: "purple",
-                cls.LOCK_SET_MAX: "purple", cls.LOCK_STUCK: "red", cls.FLEETLOCK_ROTATED: "blue",
-                cls.ETCD_PROVISIONED: "blue"}.get(kind, "grey")
+        from fleetweb.fleet.choices import EventKind  # the activity log's one colour table
+
+        return EventKind.colour(kind)
 
 
 class FleetLockError(models.TextChoices):
