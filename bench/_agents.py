@@ -200,6 +200,10 @@ async def main() -> None:
             except asyncio.TimeoutError:
                 pass
             reply(got=swarm.rev_counts.get(rev, 0), target=target, last_t=swarm.rev_last.get(rev))
+        elif op == "stats":
+            from websockets.protocol import State
+
+            reply(open=sum(1 for a in live() if a.ws.state is State.OPEN), total=len(swarm.agents))
         elif op == "close":
             agents = live()
             await asyncio.gather(*(a.ws.close() for a in agents), return_exceptions=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
 ROOT = Path(__file__).resolve().parents[1]
+ORIG_ENV = dict(os.environ)  # before setup_django() exports fleetweb's settings (the peer must not see them)
 BIN = Path(sys.executable).parent
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 BENCH_DB = "fleetweb_bench"

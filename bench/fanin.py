@@ -68,8 +68,18 @@ class Swarm:
         return self.recv()
 
     def close(self) -> dict | None:
+        """Ask the agents to close their sockets (10 s at most: a command may still be pending), then stop."""
+        import select
+
         try:
-            return self.call(cmd="close")
+            self.send(cmd="close")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if select.select([self.proc.stdout], [], [], 0.5)[0]:
+                    reply = self.recv()
+                    if "closed" in reply:
+                        return reply
+            return None
         except Exception:
             return None
         finally:
@@ -175,6 +185,15 @@ def run_fleet(n: int, k: int, env: dict, workdir: Path, args) -> dict:
             log(f"[fleet N={n}] status persisted for {hosts.filter(status_seq=k).count()}/{connected} hosts")
         emit(f"{p}_status_send_s", r["send_s"])
 
+        st = swarm.call(cmd="stats")
+        if st["open"] < connected:  # uvicorn's keepalive ping timed out on busy sockets (see README)
+            log(f"[fleet N={n}] {connected - st['open']} connections were closed by the server: {st['errors']}; "
+                f"first: {st.get('first_error')}")
+        emit(f"{p}_open_before_switch", st["open"])
+        connected = st["open"]
+        if connected == 0:
+            emit(f"{p}_errors", count_errors(st) + n)
+            return res
         log(f"[fleet N={n}] channel switch ...")
         target = Channel.objects.get(organization__slug=boot["org"],
                                      name="beta" if group.channel.name != "beta" else "stable")
@@ -183,7 +202,8 @@ def run_fleet(n: int, k: int, env: dict, workdir: Path, args) -> dict:
         group.apply_changes({"channel": target}, actor="bench")
         rev = group.policy_revision
         swarm.send(cmd="wait_policy", revision=rev, timeout=limit)
-        _, t_db = wait_until(lambda: hosts.filter(policy_revision=rev).count() >= connected, limit, 0.05)
+        _, t_db = wait_until(lambda: hosts.filter(policy_revision=rev, online=True).count() >= connected,
+                             limit, 0.05)
         r = swarm.recv()
         cpu(p, "switch")
         if r["last_t"] and r["got"] >= connected:
@@ -287,6 +307,7 @@ def main() -> None:
     ap.add_argument("--redis-url", default=DEFAULT_REDIS)
     ap.add_argument("--connect-concurrency", type=int, default=256, help="handshakes in flight")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--baseline-only", action="store_true")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     k = args.status_frames
@@ -304,7 +325,7 @@ def main() -> None:
     emit("fanin_loadavg_start", loadavg())
     for n in sizes:
         try:
-            fleet = run_fleet(n, k, env, workdir, args)
+            fleet = {} if args.baseline_only else run_fleet(n, k, env, workdir, args)
         except Exception as exc:
             log(f"[fleet N={n}] failed: {exc!r}")
             emit(f"fanin_{n}_failed", type(exc).__name__)
