@@ -161,6 +161,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "reap-offline-hosts": {"task": "fleetweb.fleet.tasks.reap_offline_hosts", "schedule": 15.0},
     "advance-rollouts": {"task": "fleetweb.updates.tasks.advance_rollouts", "schedule": 5.0},
+    "reap-builds": {"task": "fleetweb.builds.tasks.reap_builds", "schedule": 60.0},
 }
 
 # etcd (reboot semaphore, cluster config). Unset: no etcd.
