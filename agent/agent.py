@@ -364,7 +364,17 @@ class Agent:
         return self.state.get("policy") or {}
 
     def _strategy(self) -> str | None:
-        return self._policy().get("reboot_strategy") or self.host.update_conf().get("REBOOT_STRATEGY") or None
+        # A host's own cloud-config (coreos.update.reboot_strategy) wins over the group's policy,
+        # as it does for locksmithd on a host configured by coreos-cloudinit.
+        return (cloudapply.update_overrides(self.config.state_dir).get("REBOOT_STRATEGY")
+                or self._policy().get("reboot_strategy") or self.host.update_conf().get("REBOOT_STRATEGY") or None)
+
+    def _window_settings(self) -> tuple[str | None, str | None]:
+        local = cloudapply.locksmith_overrides(self.config.state_dir)
+        if local.get("window_start") or local.get("window_length"):
+            return local.get("window_start"), local.get("window_length")
+        policy = self._policy()
+        return policy.get("reboot_window_start"), policy.get("reboot_window_length")
 
     def _locksmith(self, settings=None) -> tuple[locksmith.Locksmith, object]:
         settings = settings or load_etcd_settings(self.config.state_dir)
@@ -411,7 +421,7 @@ class Agent:
         policy = self._policy()
         strategy = self._strategy()
         try:
-            window = parse_window(policy.get("reboot_window_start"), policy.get("reboot_window_length"))
+            window = parse_window(*self._window_settings())
         except ValueError:
             window = None
         endpoints = policy.get("etcd_endpoints") or None

@@ -108,7 +108,8 @@ def apply(host, content: str, revision: int | None = None, state_dir=None) -> Re
         return result
     _Applier(host, result, new_revision=revision is None or state.get("revision") != revision).run(content)
     if state_dir is not None:
-        save_state(state_dir, {"revision": revision, "errors": result.errors, "applied_at": time.time()})
+        save_state(state_dir, {"revision": revision, "errors": result.errors, "applied_at": time.time(),
+                               "update": update_settings(content), "locksmith": locksmith_settings(content)})
     return result
 
 
@@ -443,6 +444,12 @@ def update_overrides(state_dir) -> dict[str, str]:
     REBOOT_STRATEGY, as on a host configured by coreos-cloudinit)."""
     value = load_state(state_dir).get("update") or {}
     return {k: str(v) for k, v in value.items() if k in dict(UPDATE_KEYS).values()} if isinstance(value, dict) else {}
+
+
+def locksmith_overrides(state_dir) -> dict[str, str]:
+    """``coreos.locksmith`` of the last applied document (window_start, window_length, group, ...)."""
+    value = load_state(state_dir).get("locksmith") or {}
+    return {k: str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 def local_addresses(server: str) -> dict[str, str]:

@@ -247,3 +247,22 @@ async def test_the_unlock_command_gives_the_slot_back(make_agent, prefix):
     released = events(agent, "lock_released")[-1]["data"]
     assert released["id"] == "c1" and released["holder"] == agent.config.machine_id
     assert cfg.load_lock_file(agent.config.state_dir) is None
+
+
+async def test_a_hosts_cloud_config_reboot_strategy_and_window_win_over_the_group_policy(make_agent):
+    """coreos.update.reboot_strategy / coreos.locksmith.window_* applied on the host take precedence
+    over the group's policy, as for locksmithd on a host configured by coreos-cloudinit."""
+    from agent import apply
+
+    agent = make_agent("reboot")  # the group says: reboot at once
+    apply.save_state(agent.config.state_dir, {
+        "revision": 3, "errors": [],
+        "update": apply.update_settings("#cloud-config\ncoreos:\n  update:\n    reboot_strategy: \"off\"\n"),
+        "locksmith": apply.locksmith_settings("#cloud-config\ncoreos:\n  locksmith:\n    window_start: Sun 04:00\n"
+                                              "    window_length: 1h\n")})
+    assert agent._strategy() == "off"
+    assert agent._window_settings() == ("Sun 04:00", "1h")
+    await agent.decide_reboot()
+    await asyncio.sleep(0.2)
+    assert not agent._reboot_wanted.is_set()
+    assert [e["data"]["strategy"] for e in events(agent, "reboot_needed")] == ["off"]
