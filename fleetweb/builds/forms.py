@@ -15,6 +15,16 @@ class BuildForm(forms.Form):
     platforms = forms.MultipleChoiceField(choices=Platform.choices, widget=forms.CheckboxSelectMultiple,
                                           initial=Platform.values, help_text="One task per platform")
 
+    def clean_version(self):
+        from .models import BuildRefused, validate_request
+
+        version = self.cleaned_data["version"].strip()
+        try:
+            validate_request(version, ChannelName.ALPHA, [Platform.QEMU])   # the version rule alone
+        except BuildRefused as exc:
+            raise forms.ValidationError(exc.message) from None
+        return version
+
 
 class PublishForm(forms.Form):
     channel = forms.ChoiceField(choices=ChannelName.choices, initial=ChannelName.ALPHA)
