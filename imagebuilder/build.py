@@ -23,8 +23,10 @@ The Python API the server's Celery pipeline calls (and ``imagebuilder build`` us
   :class:`Cancelled`, the tool is killed).
 * :func:`prepare` — the USR image (``/share/coreos/release`` inside), the update payload
   ``fleetweb_production_update.bin`` (the USR image with label ``USR``; sign it as a release:
-  ``agent.signing.sign(key, version, size, sha256)``), the EFI-SYSTEM vfat (kernel, initramfs,
-  ``loader/entries/fleetweb.conf`` and ``EFI/fleetweb/grub.cfg``), an OEM partition with the
+  ``agent.signing.sign(key, version, size, sha256)``), the EFI-SYSTEM vfat (systemd-boot as
+  ``EFI/BOOT/BOOTX64.EFI``, kernel, initramfs, ``loader/loader.conf``, ``loader/entries/``
+  ``fleetweb.conf`` (default: the initramfs makes the gptprio choice), ``usr-a.conf`` and
+  ``usr-b.conf`` (forced), and ``EFI/fleetweb/grub.cfg``), an OEM partition with the
   placeholder platform id ``generic``, the ext4 ROOT and the GPT ``disk.raw`` (USR-A populated
   and prioritized, USR-B empty).  Returns a :class:`Prepared`; it is also saved as
   ``<workdir>/_work/prepared.json`` so another process can pick it up with
@@ -52,9 +54,9 @@ virtualbox  ``virtualbox_image.vmdk`` (streamOptimized), ``virtualbox.ovf``, ``v
 vmware      ``vmware_image.vmdk`` (monolithicSparse), ``vmware.vmx``, ``vmware.ova``
 vagrant     ``vagrant.box`` (tar.gz: ``metadata.json``, ``Vagrantfile``, ``box.ovf``,
             ``box-disk1.vmdk``; virtualbox provider)
-qemu        ``qemu_image.qcow2``, ``qemu.sh`` (launch script), ``qemu.vmlinuz`` and
-            ``qemu_initrd.cpio.gz`` (the disk has no bootloader: the script boots the kernel
-            with ``-kernel``/``-initrd`` and attaches the disk as virtio)
+qemu        ``qemu_image.qcow2``, ``qemu.sh`` (launch script: boots the disk through UEFI
+            firmware when OVMF is installed, else the kernel with ``-kernel``/``-initrd``),
+            ``qemu.vmlinuz`` and ``qemu_initrd.cpio.gz`` (for that fallback)
 ==========  ===========================================================================
 
 Reproducible: the same inputs and ``source_date_epoch`` give byte-identical artifacts (derived
@@ -522,7 +524,7 @@ def _qemu(ctx: BuildContext, p: Prepared) -> list[Path]:
     initrd = artifact_path(ctx, "qemu_initrd.cpio.gz")
     shutil.copyfile(p.initrd, initrd)
     script = artifact_path(ctx, "qemu.sh")
-    script.write_text(formats.qemu_script(img.name, kernel.name, initrd.name, KERNEL_CMDLINE))
+    script.write_text(formats.qemu_script(img.name, kernel.name, initrd.name, BOOT_CMDLINE))
     script.chmod(0o755)
     return [img, script, kernel, initrd]
 

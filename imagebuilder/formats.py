@@ -207,15 +207,42 @@ end
 """
 
 
+OVMF_CODE_CANDIDATES = ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_CODE_4M.fd",
+                        "/usr/share/qemu/OVMF_CODE.fd")
+
+
 def qemu_script(image: str, kernel: str, initrd: str, cmdline: str) -> str:
+    """The launch script: UEFI boot of the disk when OVMF is there, else ``-kernel``/``-initrd``."""
+    candidates = " ".join(OVMF_CODE_CANDIDATES)
     return f"""#!/bin/sh
 # Boot the Fleetweb qemu image: ./{PREFIX_HINT}qemu.sh [-snapshot] [extra qemu args]
-# The disk carries no bootloader: the kernel and initramfs are passed to QEMU, the disk is
-# attached as virtio; the serial console is this terminal (quit: Ctrl-A X).
+# With UEFI firmware (Debian package ovmf) the disk boots on its own: OVMF -> systemd-boot
+# (EFI-SYSTEM, EFI/BOOT/BOOTX64.EFI) -> kernel + initramfs, which picks USR-A or USR-B by the
+# GPT priority/tries/successful attributes (gptprio).  Without OVMF, or with BOOT=kernel, the
+# kernel and initramfs next to this script are passed to QEMU with -kernel/-initrd instead.
+# OVMF_CODE / OVMF_VARS override the firmware and the (writable) variable store; the store is
+# created from OVMF's template next to the disk.  ACCEL=tcg|kvm (default: kvm when /dev/kvm is
+# writable).  Serial console on this terminal (Ctrl-A X).
 set -e
 DIR=$(cd "$(dirname "$0")" && pwd)
-ACCEL=tcg
-[ -w /dev/kvm ] && ACCEL=kvm
+if [ -z "$ACCEL" ]; then ACCEL=tcg; [ -w /dev/kvm ] && ACCEL=kvm; fi
+CODE=${{OVMF_CODE:-}}
+if [ -z "$CODE" ]; then
+  for f in {candidates}; do
+    if [ -f "$f" ]; then CODE=$f; break; fi
+  done
+fi
+if [ -n "$CODE" ] && [ "${{BOOT:-uefi}}" != kernel ]; then
+  VARS=${{OVMF_VARS:-$DIR/{PREFIX_HINT}qemu_vars.fd}}
+  if [ ! -f "$VARS" ]; then
+    TEMPLATE=$(dirname "$CODE")/$(basename "$CODE" | sed 's/CODE/VARS/')
+    cp "$TEMPLATE" "$VARS" 2>/dev/null || {{ VARS=${{TMPDIR:-/tmp}}/fleetweb-qemu-vars.$$.fd; cp "$TEMPLATE" "$VARS"; }}
+  fi
+  exec qemu-system-x86_64 -machine q35 -accel "$ACCEL" -m "${{MEMORY:-1024}}" -nographic \\
+    -drive if=pflash,format=raw,readonly=on,file="$CODE" -drive if=pflash,format=raw,file="$VARS" \\
+    -drive if=none,id=disk0,file="$DIR/{image}",format=qcow2 -device virtio-blk-pci,drive=disk0,bootindex=0 \\
+    -netdev user,id=net0 -device virtio-net-pci,netdev=net0 "$@"
+fi
 exec qemu-system-x86_64 -machine q35 -accel "$ACCEL" -m "${{MEMORY:-1024}}" -nographic \\
   -kernel "$DIR/{kernel}" -initrd "$DIR/{initrd}" -append "{cmdline}" \\
   -drive if=virtio,file="$DIR/{image}",format=qcow2 \\
