@@ -66,7 +66,10 @@ class Runner:
             self.build.append_log(lines)
 
     def cancelled(self) -> bool:
+        # Polled every half second while a tool runs: also the moment to push lines still waiting.
         now = time.monotonic()
+        if self.pending and now - self.last_flush >= FLUSH_SECONDS:
+            self.flush()
         if not self.stopped and now - self.last_poll >= CANCEL_POLL_SECONDS:
             self.last_poll = now
             status = ImageBuild.objects.filter(pk=self.build.pk).values_list("status", flat=True).first()
