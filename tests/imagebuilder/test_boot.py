@@ -1,59 +1,147 @@
-"""Boot smoke: the PXE kernel+initramfs and the qemu qcow2 boot under TCG to the banner."""
+"""Boot smoke under TCG: PXE kernel+initramfs; the qemu/openstack disks through UEFI firmware (OVMF →
+systemd-boot → kernel → initramfs gptprio choice), with no -kernel; the A/B choice and rollback."""
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
+import pytest
+
+from agent import disk as gptdisk
 from imagebuilder.build import PREFIX as P
+from imagebuilder.disk import make_usr_image
 
 BOOT_TIMEOUT = 60
+UEFI_TIMEOUT = 90           # OVMF under TCG: measured 10-15 s to the banner on 2 cores
 BANNER = re.compile(r"fleetweb-boot: version=(\S+) usr=(\S+) mounted=(\S+)")
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
+needs_ovmf = pytest.mark.skipif(not OVMF_CODE.exists(), reason="Debian package ovmf is not installed")
 
 
-def _boot(tmp_path, name: str, kernel, initrd, append: str, drive=None) -> tuple[str, float]:
+class Boot:
+    """One qemu run writing its serial console to a file; killed by PID when done."""
+
+    def __init__(self, name: str, cmd: list[str], log: Path, timeout: float, env: dict | None = None) -> None:
+        self.name, self.log, self.timeout = name, log, timeout
+        self.start = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace").replace("\r", "") if self.log.exists() else ""
+
+    def wait(self) -> tuple[str, float]:
+        try:
+            while time.monotonic() - self.start < self.timeout:
+                text = self.text()
+                if BANNER.search(text):
+                    return text, time.monotonic() - self.start
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.2)
+            raise AssertionError(f"{self.name}: no banner within {self.timeout}s (qemu rc={self.proc.poll()}):\n"
+                                 f"{self.text()[-3000:]}")
+        finally:
+            if self.proc.poll() is None:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+            self.proc.stderr.close()
+
+
+def _kernel_boot(tmp_path, name: str, kernel, initrd, append: str, drive=None) -> tuple[str, float]:
     log = tmp_path / f"{name}.serial.log"
     cmd = ["qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-monitor", "none",
            "-serial", f"file:{log}", "-kernel", str(kernel), "-initrd", str(initrd), "-append", append]
     if drive:
         cmd += ["-drive", f"if=virtio,file={drive},format=qcow2,snapshot=on"]
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        while time.monotonic() - start < BOOT_TIMEOUT:
-            text = log.read_text(errors="replace") if log.exists() else ""
-            if BANNER.search(text):
-                return text, time.monotonic() - start
-            if proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise AssertionError(f"{name}: no banner within {BOOT_TIMEOUT}s (qemu rc={proc.poll()}):\n"
-                             f"{(log.read_text(errors='replace') if log.exists() else '')[-3000:]}")
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        proc.stderr.close()
+    return Boot(name, cmd, log, BOOT_TIMEOUT).wait()
+
+
+def uefi_boot(tmp_path, name: str, disk: Path, fmt: str = "qcow2", snapshot: bool = True) -> Boot:
+    """The disk alone through OVMF: no -kernel, -initrd or -append."""
+    log = tmp_path / f"{name}.serial.log"
+    vars_fd = tmp_path / f"{name}.vars.fd"
+    shutil.copyfile(OVMF_VARS, vars_fd)
+    cmd = ["qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-monitor", "none",
+           "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+           "-drive", f"if=pflash,format=raw,file={vars_fd}",
+           "-drive", f"file={disk},if=virtio,format={fmt}" + (",snapshot=on" if snapshot else ""),
+           "-serial", f"file:{log}"]
+    return Boot(name, cmd, log, UEFI_TIMEOUT)
+
+
+def _assert_uefi_path(text: str) -> None:
+    assert re.search(r"BdsDxe: starting Boot\d+ \"UEFI Misc Device\"", text)     # firmware → the disk's loader
+    assert "EFI stub: Loaded initrd from LINUX_EFI_INITRD_MEDIA_GUID" in text   # systemd-boot → kernel+initrd
 
 
 def test_the_pxe_kernel_and_initramfs_boot_to_the_banner_with_usr_mounted_read_only(built, tmp_path):
-    text, took = _boot(tmp_path, "pxe", built / f"{P}_pxe.vmlinuz", built / f"{P}_pxe_image.cpio.gz",
-                       "console=ttyS0")
+    text, took = _kernel_boot(tmp_path, "pxe", built / f"{P}_pxe.vmlinuz", built / f"{P}_pxe_image.cpio.gz",
+                              "console=ttyS0")
     assert BANNER.search(text).groups() == ("4.2.0", "USR-A", "ro")
     assert "fleetweb-init: found USR image /usr.img (PXE)" in text
     assert re.search(r"mounted /usr.img via /dev/loop\d+, filesystem label USR-A on /usr \(ro\)", text)
     assert took < BOOT_TIMEOUT
 
 
-def test_the_qemu_disk_boots_the_built_kernel_and_finds_usr_by_its_gpt_label(built, tmp_path):
+def test_the_qemu_kernel_fallback_boots_and_finds_usr_by_gptprio_and_its_label(built, tmp_path):
     script = (built / f"{P}_qemu.sh").read_text()
     append = re.search(r'-append "([^"]+)"', script).group(1)
-    assert "mount.usr=PARTLABEL=USR-A" in append
-    text, took = _boot(tmp_path, "qemu", built / f"{P}_qemu.vmlinuz", built / f"{P}_qemu_initrd.cpio.gz",
-                       append.replace("console=tty0 ", ""), drive=built / f"{P}_qemu_image.qcow2")
+    assert "mount.usr=" not in append                  # the initramfs makes the gptprio choice
+    text, took = _kernel_boot(tmp_path, "qemu", built / f"{P}_qemu.vmlinuz", built / f"{P}_qemu_initrd.cpio.gz",
+                              append.replace("console=tty0 ", ""), drive=built / f"{P}_qemu_image.qcow2")
     assert BANNER.search(text).groups() == ("4.2.0", "USR-A", "ro")
+    assert re.search(r"gptprio on /dev/vd[a-z] chose partition 3 \(USR-A: priority=1 tries=0 successful=1\)", text)
     assert re.search(r"found USR by GPT label PARTNAME=USR-A at /dev/vd[a-z]3", text)
     assert re.search(r"mounted /dev/vd[a-z]3 on /usr \(ro\)", text)
     assert took < BOOT_TIMEOUT
+
+
+@needs_ovmf
+def test_the_qemu_and_openstack_disks_boot_through_uefi_without_a_kernel_argument(built, tmp_path):
+    # qemu: its own launch script (UEFI branch); openstack: a bare qemu with only the disk. In parallel.
+    qlog = tmp_path / "qemu-uefi.serial.log"
+    qemu = Boot("qemu.sh (UEFI)", [str(built / f"{P}_qemu.sh"), "-snapshot", "-no-reboot", "-monitor", "none",
+                                   "-serial", f"file:{qlog}"], qlog, UEFI_TIMEOUT,
+                env={"ACCEL": "tcg", "MEMORY": "512", "OVMF_VARS": str(tmp_path / "qemu-sh.vars.fd")})
+    openstack = uefi_boot(tmp_path, "openstack-uefi", built / f"{P}_openstack_image.qcow2")
+    for boot in (qemu, openstack):
+        text, took = boot.wait()
+        print(f"{boot.name}: {BANNER.search(text).group(0)} after {took:.1f}s")
+        assert BANNER.search(text).groups() == ("4.2.0", "USR-A", "ro")
+        _assert_uefi_path(text)
+        assert re.search(r"gptprio on /dev/vda chose partition 3 \(USR-A: priority=1 tries=0 successful=1\)", text)
+        assert "mounted /dev/vda3 on /usr (ro)" in text
+        assert took < UEFI_TIMEOUT
+    assert not (built / f"{P}_qemu_vars.fd").exists()
+
+
+@needs_ovmf
+def test_an_update_in_usr_b_boots_once_through_uefi_then_rolls_back_to_usr_a(built, tmp_path):
+    raw = tmp_path / "disk.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(built / f"{P}_qemu_image.qcow2"), str(raw)], check=True)
+    table = gptdisk.read_gpt(raw)
+    usr_b = table.get("USR-B")
+    img = make_usr_image(None, tmp_path / "usr-b.img", usr_b.size(), version="4.3.0", label="USR-B")
+    with open(img, "rb") as src, open(raw, "r+b") as dst:
+        dst.seek(usr_b.offset())
+        shutil.copyfileobj(src, dst)
+    gptdisk.modify(raw, gptdisk.install_prepare, "USR-B")       # B: priority 2, tries 1, successful 0
+
+    text, _ = uefi_boot(tmp_path, "update", raw, fmt="raw", snapshot=False).wait()
+    assert BANNER.search(text).groups() == ("4.3.0", "USR-B", "ro")
+    assert "chose partition 4 (USR-B: priority=2 tries=1 successful=0)" in text
+    after = gptdisk.read_gpt(raw)                                 # the initramfs spent the try, both copies valid
+    b, a = after.get("USR-B"), after.get("USR-A")
+    assert (b.priority, b.tries, b.successful) == (2, 0, False)
+    assert (a.priority, a.tries, a.successful) == (1, 0, True)
+
+    text, _ = uefi_boot(tmp_path, "rollback", raw, fmt="raw", snapshot=False).wait()   # never marked good
+    assert BANNER.search(text).groups() == ("4.2.0", "USR-A", "ro")
+    assert "chose partition 3 (USR-A: priority=1 tries=0 successful=1)" in text

@@ -233,3 +233,24 @@ def test_a_rootfs_tarball_goes_to_usr(tmp_path):
     assert cat == "#!/bin/sh\necho hello\n"
     assert not (out / "_work").exists()
     assert "fleetweb_production_gce.tar.gz" in (out / "SHA256SUMS").read_text()
+
+
+def test_the_efi_system_partition_carries_systemd_boot_and_its_entries(built, tmp_path):
+    raw = built / f"{P}_ami_image.bin"
+    efi = gptdisk.read_gpt(raw).get("EFI-SYSTEM")
+    spec = f"{raw}@@{efi.offset()}"
+
+    def mtype(name: str) -> bytes:
+        res = subprocess.run(["mtype", "-i", spec, f"::{name}"], capture_output=True,
+                             env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"})
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    loader = mtype("/EFI/BOOT/BOOTX64.EFI")
+    assert loader[:2] == b"MZ" and b"systemd-boot" in loader                  # a PE image: systemd-boot
+    assert mtype("/loader/loader.conf").decode().splitlines()[0] == "default fleetweb.conf"
+    default = mtype("/loader/entries/fleetweb.conf").decode()
+    assert "linux /vmlinuz\ninitrd /initrd.img\n" in default and "mount.usr" not in default
+    for label in ("USR-A", "USR-B"):
+        assert f"mount.usr=PARTLABEL={label}" in mtype(f"/loader/entries/{label.lower()}.conf").decode()
+    assert mtype("/vmlinuz") == (built / f"{P}_pxe.vmlinuz").read_bytes()
