@@ -7,7 +7,8 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.stamp
 
-# command -> Debian package that provides it
+# command -> Debian package that provides it (an absolute path instead of a command: a file
+# that package installs, for packages without a command)
 SYSTEM_DEPS := \
 	redis-server:redis-server \
 	etcd:etcd-server \
@@ -19,6 +20,8 @@ SYSTEM_DEPS := \
 	mksquashfs:squashfs-tools \
 	qemu-img:qemu-utils \
 	qemu-system-x86_64:qemu-system-x86 \
+	/usr/share/OVMF/OVMF_CODE.fd:ovmf \
+	/usr/lib/systemd/boot/efi/systemd-bootx64.efi:systemd-boot-efi \
 	chromium:chromium
 
 .PHONY: help deps system-deps run demo-update test bench lint clean distclean
@@ -39,6 +42,7 @@ system-deps:
 	@missing=""; \
 	for pair in $(SYSTEM_DEPS); do \
 		cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+		case $$cmd in /*) [ -e $$cmd ] || missing="$$missing $$pkg"; continue ;; esac; \
 		command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || [ -x /sbin/$$cmd ] || missing="$$missing $$pkg"; \
 	done; \
 	if command -v dpkg-query >/dev/null 2>&1; then \
