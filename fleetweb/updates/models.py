@@ -457,9 +457,11 @@ class Rollout(models.Model):
         the rollout row is locked, and each grant is a conditional UPDATE on the host's row."""
         from fleetweb.core import hub
 
-        now = now or timezone.now()
         with transaction.atomic():
             rollout = Rollout.objects.select_for_update().select_related("group", "release").get(pk=self.pk)
+            # The clock is read under the lock: a grant must not be stamped before the finish that
+            # freed its slot (the recorded timeline is how the policy is audited).
+            now = now or timezone.now()
             if rollout.status != RolloutStatus.RUNNING:
                 return []
             group = rollout.group

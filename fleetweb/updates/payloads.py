@@ -33,7 +33,8 @@ def _stream(path, start: int, length: int):
 
 
 @require_GET
-def download(request, release_id: int, host_id, expires: int, sig: str):
+async def download(request, release_id: int, host_id, expires: int, sig: str):
+    """An async view: a hundred agents downloading at once do not queue behind one thread."""
     from fleetweb.fleet.models import Host
 
     from .models import Release, payload_signature_ok
@@ -41,10 +42,17 @@ def download(request, release_id: int, host_id, expires: int, sig: str):
     if not payload_signature_ok(release_id, str(host_id), expires, sig):
         return HttpResponse("download link expired or invalid: the agent will get a new one\n", status=403,
                             content_type="text/plain")
-    release = Release.objects.filter(pk=release_id).only("payload", "size", "sha256", "organization_id").first()
-    if release is None or not Host.objects.filter(pk=host_id, organization_id=release.organization_id).exists():
+    release = await Release.objects.filter(pk=release_id).only(
+        "payload", "size", "sha256", "organization_id").afirst()
+    if release is None or not await Host.objects.filter(pk=host_id,
+                                                        organization_id=release.organization_id).aexists():
         raise Http404("no such payload")
-    path, size = release.path, release.size
+    return ranged_file_response(request, release.path, release.size, etag=release.sha256)
+
+
+def ranged_file_response(request, path, size: int, etag: str | None = None,
+                         content_type: str = "application/octet-stream"):
+    """200 or 206 for the request's Range header, streamed from ``path`` (416 when unsatisfiable)."""
     start, end = 0, size - 1
     status = 200
     header = request.headers.get("Range")
@@ -61,11 +69,11 @@ def download(request, release_id: int, host_id, expires: int, sig: str):
             return HttpResponse(status=416, headers={"Content-Range": f"bytes */{size}"})
         status = 206
     length = end - start + 1
-    response = StreamingHttpResponse(_stream(path, start, length), status=status,
-                                     content_type="application/octet-stream")
+    response = StreamingHttpResponse(_stream(path, start, length), status=status, content_type=content_type)
     response["Content-Length"] = str(length)
     response["Accept-Ranges"] = "bytes"
-    response["ETag"] = f'"{release.sha256}"'
+    if etag:
+        response["ETag"] = f'"{etag}"'
     if status == 206:
         response["Content-Range"] = f"bytes {start}-{end}/{size}"
     return response
