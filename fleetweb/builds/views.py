@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpResponse, HttpResponseNotAllowed, StreamingHttpResponse
+from django.http import Http404, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from fleetweb.core.htmx import is_htmx, template_for
 from fleetweb.core.views import can_operate, member_required, require_operator
 from fleetweb.updates.models import UpdateError
-from fleetweb.updates.payloads import RANGE_RE, _stream
+from fleetweb.updates.payloads import ranged_file_response
 
 from .filtersets import ImageBuildFilterSet
 from .forms import BuildForm, PublishForm
@@ -159,28 +159,7 @@ def artifact_download(request, pk, name):
                 .select_related("build").first())
     if artifact is None or not artifact.abspath.is_file():
         raise Http404("no such artifact")
-    path, size = artifact.abspath, artifact.abspath.stat().st_size
-    start, end, status = 0, size - 1, 200
-    header = request.headers.get("Range")
-    if header:
-        m = RANGE_RE.match(header.strip())
-        if not m or (not m.group(1) and not m.group(2)):
-            return HttpResponse(status=416, headers={"Content-Range": f"bytes */{size}"})
-        if m.group(1):
-            start = int(m.group(1))
-            end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
-        else:
-            start = max(size - int(m.group(2)), 0)
-        if start >= size or start > end:
-            return HttpResponse(status=416, headers={"Content-Range": f"bytes */{size}"})
-        status = 206
-    length = end - start + 1
-    response = StreamingHttpResponse(_stream(path, start, length), status=status,
-                                     content_type="application/octet-stream")
-    response["Content-Length"] = str(length)
-    response["Accept-Ranges"] = "bytes"
-    response["ETag"] = f'"{artifact.sha256}"'
+    response = ranged_file_response(request, artifact.abspath, artifact.abspath.stat().st_size,
+                                    etag=artifact.sha256)
     response["Content-Disposition"] = f'attachment; filename="{artifact.name}"'
-    if status == 206:
-        response["Content-Range"] = f"bytes {start}-{end}/{size}"
     return response
