@@ -26,7 +26,9 @@ The Python API the server's Celery pipeline calls (and ``imagebuilder build`` us
   ``agent.signing.sign(key, version, size, sha256)``), the EFI-SYSTEM vfat (systemd-boot as
   ``EFI/BOOT/BOOTX64.EFI``, kernel, initramfs, ``loader/loader.conf``, ``loader/entries/``
   ``fleetweb.conf`` (default: the initramfs makes the gptprio choice), ``usr-a.conf`` and
-  ``usr-b.conf`` (forced), and ``EFI/fleetweb/grub.cfg``), an OEM partition with the
+  ``usr-b.conf`` (forced), and ``EFI/fleetweb/grub.cfg``), GRUB for BIOS boot (``core.img``
+  in BIOS-BOOT, ``boot.img`` in the protective MBR; it reads that ``grub.cfg``; skipped with a
+  log line when ``grub-common``/``grub-pc-bin`` cannot be fetched), an OEM partition with the
   placeholder platform id ``generic``, the ext4 ROOT and the GPT ``disk.raw`` (USR-A populated
   and prioritized, USR-B empty).  Returns a :class:`Prepared`; it is also saved as
   ``<workdir>/_work/prepared.json`` so another process can pick it up with
@@ -89,6 +91,7 @@ KERNEL_CMDLINE = "console=tty0 console=ttyS0,115200n8 mount.usr=PARTLABEL=USR-A"
 # What the disk's boot entries and the qemu script pass: no mount.usr=, so the initramfs runs the
 # gptprio choice (KERNEL_CMDLINE forces USR-A).
 BOOT_CMDLINE = "console=tty0 console=ttyS0,115200n8"
+GRUB_PREFIX = "(hd0,gpt1)/EFI/fleetweb"      # BIOS GRUB reads EFI-SYSTEM's EFI/fleetweb/grub.cfg
 ROOT_MIB = 16
 
 
@@ -347,6 +350,15 @@ def _prepare(ctx: BuildContext) -> Prepared:
     ]
     raw = ctx.work / "disk.raw"
     table = disk.assemble_disk(raw, total, parts, disk_guid=disk_guid)
+    ctx.step("BIOS boot: GRUB core.img in BIOS-BOOT, boot.img in the MBR")
+    try:
+        grub = rootfs.fetch_grub_bios(ctx.log)
+    except BuildError as exc:     # optional: the UEFI path does not need it
+        ctx.log(f"no BIOS boot loader ({exc}); the disk boots through UEFI only")
+    else:
+        size = disk.install_bios_boot(raw, table, mkimage=grub.mkimage, moddir=grub.moddir,
+                                      modules=rootfs.GRUB_BIOS_MODULES, prefix=GRUB_PREFIX, work=ctx.work)
+        ctx.log(f"GRUB core.img: {size} bytes")
     oem_part = table.get("OEM")
     timings["disk"] = time.monotonic() - t
     prepared = Prepared(workdir=ctx.workdir, version=ctx.version, channel=ctx.channel, epoch=epoch, disk=raw,

@@ -245,6 +245,35 @@ def make_vfat_image(output: str | os.PathLike, size_bytes: int, *, label: str = 
     return output
 
 
+def install_bios_boot(disk_path: str | os.PathLike, table: gpt.Gpt, *, mkimage: str | os.PathLike,
+                      moddir: str | os.PathLike, modules: tuple[str, ...], prefix: str,
+                      work: str | os.PathLike) -> int:
+    """GRUB for BIOS boot, without grub-install: ``grub-mkimage -O i386-pc`` into BIOS-BOOT and
+    ``boot.img`` into the MBR's boot code (bytes 0-439; the disk signature and the protective
+    partition entry are kept).  Patches what grub-bios-setup would: boot.img's kernel sector
+    (0x5c) and the first blocklist of core.img's diskboot sector (0x1f4).  Returns core.img's size.
+    """
+    import struct
+
+    bios = table.get("BIOS-BOOT")
+    core_path = Path(work) / "core.img"
+    run_tool([str(mkimage), "-O", "i386-pc", "-d", str(moddir), "-o", str(core_path), "-p", prefix, *modules])
+    core = bytearray(core_path.read_bytes())
+    sectors = -(-len(core) // gpt.SECTOR)
+    if sectors > bios.sectors:
+        raise BuildError(f"GRUB core.img ({len(core)} bytes) does not fit BIOS-BOOT ({bios.size()} bytes)")
+    struct.pack_into("<QHH", core, 0x1F4, bios.first_lba + 1, sectors - 1, 0x820)
+    boot = bytearray((Path(moddir) / "boot.img").read_bytes())
+    struct.pack_into("<Q", boot, 0x5C, bios.first_lba)
+    with open(disk_path, "r+b") as fh:
+        fh.seek(bios.offset())
+        fh.write(core)
+        mbr = bytearray(os.pread(fh.fileno(), gpt.SECTOR, 0))
+        mbr[:440] = boot[:440]
+        os.pwrite(fh.fileno(), bytes(mbr), 0)
+    return len(core)
+
+
 @dataclass
 class PartSpec:
     number: int

@@ -39,6 +39,10 @@ BOOT_MODULES = ("virtio_pci", "virtio_blk", "loop")
 OPTIONAL_BOOT_MODULES = ("virtio_scsi", "sd_mod", "xen_blkfront", "hv_storvsc", "vmw_pvscsi")
 SYSTEMD_BOOT_PKG = "systemd-boot-efi"
 SYSTEMD_BOOT_EFI = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+# The BIOS path: GRUB's i386-pc core.img in BIOS-BOOT, boot.img in the protective MBR.
+GRUB_PKGS = ("grub-common", "grub-pc-bin")
+GRUB_BIOS_MODULES = ("biosdisk", "part_gpt", "fat", "normal", "linux", "configfile", "search",
+                     "search_label", "echo", "test", "serial", "terminal")
 
 INIT_SCRIPT = r"""#!/bin/busybox sh
 # Fleetweb init: choose USR (gptprio, or mount.usr=PARTLABEL=X), mount it read-only, print the banner.
@@ -292,6 +296,28 @@ def fetch_efi_loader(log: Callable[[str], None] = lambda s: None, cache: Path | 
     if not loader.is_file():
         raise BuildError(f"no {SYSTEMD_BOOT_EFI} in {sroot}: remove {sroot} to fetch it again")
     return loader
+
+
+@dataclass(frozen=True)
+class GrubBios:
+    mkimage: Path             # grub-mkimage (from the unpacked grub-common)
+    moddir: Path              # usr/lib/grub/i386-pc (boot.img, modules)
+
+
+def fetch_grub_bios(log: Callable[[str], None] = lambda s: None, cache: Path | None = None) -> GrubBios:
+    """GRUB for BIOS boot (Debian ``grub-common`` + ``grub-pc-bin``), fetched once into the cache."""
+    cache = cache or cache_dir()
+    for pkg in GRUB_PKGS:
+        dest = cache / pkg
+        if not dest.is_dir():
+            log(f"fetching {pkg} into {cache}")
+            _unpack(_apt_download(pkg, cache / "debs", log), dest, log)
+    grub = GrubBios(cache / "grub-common" / "usr" / "bin" / "grub-mkimage",
+                    cache / "grub-pc-bin" / "usr" / "lib" / "grub" / "i386-pc")
+    if not grub.mkimage.is_file() or not (grub.moddir / "boot.img").is_file():
+        raise BuildError(f"no grub-mkimage or i386-pc/boot.img under {cache}: remove "
+                         f"{cache}/grub-common and {cache}/grub-pc-bin to fetch them again")
+    return grub
 
 
 def optional_modules(modules_dir: Path, have: Iterable[str]) -> list[tuple[str, Path]]:

@@ -1,5 +1,6 @@
 """Boot smoke under TCG: PXE kernel+initramfs; the qemu/openstack disks through UEFI firmware (OVMF →
-systemd-boot → kernel → initramfs gptprio choice), with no -kernel; the A/B choice and rollback."""
+systemd-boot → kernel → initramfs gptprio choice) and the ami raw through BIOS (GRUB), with no -kernel;
+the A/B choice and rollback."""
 from __future__ import annotations
 
 import os
@@ -104,13 +105,23 @@ def test_the_qemu_kernel_fallback_boots_and_finds_usr_by_gptprio_and_its_label(b
 
 
 @needs_ovmf
-def test_the_qemu_and_openstack_disks_boot_through_uefi_without_a_kernel_argument(built, tmp_path):
-    # qemu: its own launch script (UEFI branch); openstack: a bare qemu with only the disk. In parallel.
+def test_the_qemu_and_openstack_disks_boot_through_uefi_and_the_ami_raw_through_bios_without_a_kernel(built, tmp_path):
+    # qemu: its own launch script (UEFI branch); openstack: a bare qemu with only the disk and OVMF;
+    # ami: only the disk, SeaBIOS. All three at once.
     qlog = tmp_path / "qemu-uefi.serial.log"
     qemu = Boot("qemu.sh (UEFI)", [str(built / f"{P}_qemu.sh"), "-snapshot", "-no-reboot", "-monitor", "none",
                                    "-serial", f"file:{qlog}"], qlog, UEFI_TIMEOUT,
                 env={"ACCEL": "tcg", "MEMORY": "512", "OVMF_VARS": str(tmp_path / "qemu-sh.vars.fd")})
     openstack = uefi_boot(tmp_path, "openstack-uefi", built / f"{P}_openstack_image.qcow2")
+    blog = tmp_path / "ami-bios.serial.log"                      # SeaBIOS → MBR boot.img → GRUB core.img
+    bios = Boot("ami raw (BIOS)", ["qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot",
+                                   "-monitor", "none", "-serial", f"file:{blog}", "-drive",
+                                   f"file={built / f'{P}_ami_image.bin'},if=virtio,format=raw,snapshot=on"],
+                blog, UEFI_TIMEOUT)
+    text, took = bios.wait()
+    print(f"{bios.name}: {BANNER.search(text).group(0)} after {took:.1f}s")
+    assert BANNER.search(text).groups() == ("4.2.0", "USR-A", "ro")
+    assert "GRUB loading" in text and "Welcome to GRUB" in text
     for boot in (qemu, openstack):
         text, took = boot.wait()
         print(f"{boot.name}: {BANNER.search(text).group(0)} after {took:.1f}s")
