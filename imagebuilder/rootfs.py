@@ -6,13 +6,18 @@ unpacked with ``dpkg-deb -x`` under ``var/cache/imagebuilder/`` (override with
 
 What the recipe makes:
 
+* :func:`fetch_efi_loader` / :func:`fetch_grub_bios` — systemd-boot (``systemd-boot-efi``) for
+  the EFI-SYSTEM partition, GRUB (``grub-common`` + ``grub-pc-bin``) for BIOS boot, same cache.
 * :func:`default_usr_tree` — the ``/usr`` tree written to USR-A (busybox and a ``bin/`` of applet
   links; :func:`imagebuilder.disk.make_usr_image` adds ``/share/coreos/release``).
 * :func:`make_initramfs` — a gzip'd newc cpio written in Python (fixed uid/gid/mtime, sorted,
   gzip mtime 0: byte-identical for the same inputs, no root needed, device nodes included).  Its
   ``/init`` (:data:`INIT_SCRIPT`) loads the virtio/loop modules with ``insmod`` in dependency
-  order, finds USR by its GPT partition label (``/sys/class/block/*/uevent`` ``PARTNAME=``),
-  mounts it read-only and prints ``fleetweb-boot: version=V usr=LABEL mounted=ro`` on the console.
+  order; without ``mount.usr=PARTLABEL=X`` on the command line it makes the gptprio choice
+  itself (``/bin/gptprio``, :data:`GPTPRIO_SCRIPT`: reads the GPT with dd+od, busybox awk does
+  the CRC32s, decrements the winner's tries in both copies); it finds that USR by its GPT
+  partition label (``/sys/class/block/*/uevent`` ``PARTNAME=``; falls back to the labels in
+  order when the choice fails or does not mount), mounts it read-only and prints ``fleetweb-boot: version=V usr=LABEL mounted=ro`` on the console.
   For PXE the initramfs also carries the USR image as ``/usr.img`` and mounts it through a loop
   device inside the guest.
 """
