@@ -8,6 +8,7 @@ import json
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from fleetweb.core import live
 from fleetweb.core.live import ui_group
 
 COALESCE_SECONDS = 0.25
@@ -25,7 +26,9 @@ class UiConsumer(AsyncWebsocketConsumer):
             return
         self.group = ui_group(self.organization_id)
         self._pending: list[dict] = []
+        self._dropped = 0
         self._flush: asyncio.TimerHandle | None = None
+        live.bind_loop()
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
 
@@ -46,15 +49,17 @@ class UiConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data=None, bytes_data=None):
         return  # the page only listens
 
-    async def ui_message(self, message):
+    async def ui_batch(self, message):
         # Coalesce bursts (a thousand hosts acknowledging a switch) into one frame per 250 ms.
-        self._pending.append(message["payload"])
+        self._pending.extend(message["payloads"])
+        self._dropped += max(message.get("count", 0) - len(message["payloads"]), 0)
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(
                 COALESCE_SECONDS, lambda: asyncio.ensure_future(self._send_pending()))
 
     async def _send_pending(self):
         batch, self._pending, self._flush = self._pending, [], None
+        dropped, self._dropped = self._dropped, 0
         if batch:
             await self.send(text_data=json.dumps({"type": "changes", "changes": batch[-200:],
-                                                  "count": len(batch)}))
+                                                  "count": len(batch) + dropped}))

@@ -1,34 +1,89 @@
-"""Live updates for open dashboard pages, through the channel layer (group per organization)."""
+"""Live updates for open dashboard pages, through the channel layer (one group per organization).
+
+Notices are small (`{"kind": "host", "host": id}`, ...); pages refresh the affected fragments.
+Inside the web process they are batched: ``to_ui`` only buffers, and a task on the server's event
+loop sends one ``ui.batch`` per organization every 100 ms.  A channel switch of 1,000 hosts used
+to cost 2,000 blocking Redis round trips on the one database thread; now it is a handful of sends
+that nobody waits for.  Outside the web process (Celery, management commands) there is no loop
+to hand them to, and notices are sent at once.
+"""
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+from collections import defaultdict
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 log = logging.getLogger(__name__)
 
+BATCH_SECONDS = 0.1
+
+_loop: asyncio.AbstractEventLoop | None = None
+_pending: dict[int, list[dict]] = defaultdict(list)
+_lock = threading.Lock()
+_scheduled = False
+
 
 def ui_group(organization_id: int) -> str:
     return f"fleet.org-{organization_id}"
 
 
+def bind_loop() -> None:
+    """Called by the websocket consumers: notices from this process go through this loop."""
+    global _loop
+    _loop = asyncio.get_running_loop()
+
+
 def to_ui(organization_id: int, payload: dict) -> None:
-    """Tell every dashboard page of the organization that something changed (sync callers)."""
-    layer = get_channel_layer()
-    if layer is None:
+    """Tell every dashboard page of the organization that something changed (any thread)."""
+    global _scheduled
+    loop = _loop
+    if loop is None or loop.is_closed():
+        _send_now(organization_id, [payload])
         return
+    with _lock:
+        _pending[organization_id].append(payload)
+        if _scheduled:
+            return
+        _scheduled = True
     try:
-        async_to_sync(layer.group_send)(ui_group(organization_id), {"type": "ui.message", "payload": payload})
-    except Exception as exc:  # the dashboard missing one update must not fail a write
-        log.warning("live update not sent: %s", exc)
+        loop.call_soon_threadsafe(lambda: loop.create_task(_flush_later()))
+    except RuntimeError:  # the loop closed meanwhile
+        with _lock:
+            _scheduled = False
 
 
 async def ato_ui(organization_id: int, payload: dict) -> None:
+    to_ui(organization_id, payload)
+
+
+async def _flush_later() -> None:
+    global _scheduled
+    await asyncio.sleep(BATCH_SECONDS)
+    with _lock:
+        batch = dict(_pending)
+        _pending.clear()
+        _scheduled = False
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    for org_id, payloads in batch.items():
+        try:
+            await layer.group_send(ui_group(org_id), {"type": "ui.batch", "payloads": payloads[-500:],
+                                                      "count": len(payloads)})
+        except Exception as exc:  # the dashboard missing one update must not fail anything
+            log.warning("live update not sent: %s", exc)
+
+
+def _send_now(organization_id: int, payloads: list[dict]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
     try:
-        await layer.group_send(ui_group(organization_id), {"type": "ui.message", "payload": payload})
+        async_to_sync(layer.group_send)(ui_group(organization_id),
+                                        {"type": "ui.batch", "payloads": payloads, "count": len(payloads)})
     except Exception as exc:
         log.warning("live update not sent: %s", exc)

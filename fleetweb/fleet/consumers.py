@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from agent import protocol
+from fleetweb.core import live
 from fleetweb.core.hub import hub
 
 from .choices import EventKind
@@ -74,6 +75,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                       "partitions": host.partitions, "status_seq": host.status_seq}
         await hub.join(f"host:{self.host_id}", self._from_host_key)
         await hub.join(f"group:{self.group_id}", self._send_text)
+        live.bind_loop()
 
     @database_sync_to_async
     def _authenticate(self, secret):
