@@ -245,7 +245,7 @@ class ImageBuild(models.Model):
         from fleetweb.updates.models import Channel, Release
 
         with transaction.atomic():
-            build = ImageBuild.objects.select_for_update().select_related("release").get(pk=self.pk)
+            build = ImageBuild.objects.select_for_update(of=("self",)).select_related("release").get(pk=self.pk)
             if build.status != BuildStatus.SUCCEEDED:
                 raise BuildRefused(f"build is {build.status}: only a succeeded build can be published", status=409)
             if build.release_id is not None:

@@ -458,7 +458,7 @@ class Rollout(models.Model):
         from fleetweb.core import hub
 
         with transaction.atomic():
-            rollout = Rollout.objects.select_for_update().select_related("group", "release").get(pk=self.pk)
+            rollout = Rollout.objects.select_for_update(of=("self",)).select_related("group", "release").get(pk=self.pk)
             # The clock is read under the lock: a grant must not be stamped before the finish that
             # freed its slot (the recorded timeline is how the policy is audited).
             now = now or timezone.now()
