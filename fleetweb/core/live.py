@@ -37,6 +37,11 @@ def bind_loop() -> None:
     _loop = asyncio.get_running_loop()
 
 
+def needs_loop() -> bool:
+    loop = _loop
+    return loop is None or loop.is_closed()
+
+
 def to_ui(organization_id: int, payload: dict) -> None:
     """Tell every dashboard page of the organization that something changed (any thread)."""
     global _scheduled

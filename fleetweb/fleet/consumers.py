@@ -19,7 +19,7 @@ from fleetweb.core import live
 from fleetweb.core.hub import hub
 
 from .choices import EventKind
-from .writer import writer
+from .writer import acks, writer
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         hub.leave(f"group:{self.group_id}", self._send_text)
         if self.ready:
             await writer.flush()  # this socket's last frames first, then offline
+            await acks.flush()
             await self._mark_offline(code)
 
     # -- frames from the hub ---------------------------------------------------------------
@@ -208,33 +209,28 @@ class AgentConsumer(AsyncWebsocketConsumer):
                             {**self.state, "last_seen": timezone.now(), "online": True})
 
     async def on_event(self, msg):
+        if msg["kind"] == "policy_applied":
+            data = msg.get("data") or {}
+            revision = data.get("revision")
+            if not isinstance(revision, int) or isinstance(revision, bool):
+                return
+            channel, strategy = data.get("channel"), data.get("reboot_strategy")
+            await acks.submit(self.host_id, self.connection_id, {
+                "revision": revision, "organization_id": self.organization_id, "group_id": self.group_id,
+                "hostname": self.hostname, "data": data, "created": _event_time(msg.get("at")),
+                "channel": channel[:16] if isinstance(channel, str) else "",
+                "reboot_strategy": strategy[:16] if isinstance(strategy, str) else ""})
+            return
         await self._event(msg)
 
     @database_sync_to_async
     def _event(self, msg):
-        from .models import Event, Host, _host_changed
+        from fleetweb.updates.models import RolloutHost
+
+        from .models import Event, _host_changed
 
         data = msg.get("data") or {}
         with transaction.atomic():
-            if msg["kind"] == "policy_applied":
-                revision = data.get("revision")
-                if not isinstance(revision, int) or isinstance(revision, bool):
-                    return
-                fields = {"policy_revision": revision}
-                if isinstance(data.get("channel"), str):
-                    fields["channel"] = data["channel"][:16]
-                if isinstance(data.get("reboot_strategy"), str):
-                    fields["reboot_strategy"] = data["reboot_strategy"][:16]
-                if Host.objects.filter(pk=self.host_id).exclude(policy_revision=revision).update(**fields):
-                    Event.objects.record(self.organization_id, EventKind.POLICY_APPLIED,
-                                         f"Host {self.hostname} applied policy revision {revision}: "
-                                         f"channel {fields.get('channel', '?')}, "
-                                         f"strategy {fields.get('reboot_strategy', '?')}",
-                                         host_id=self.host_id, group_id=self.group_id, data=data)
-                    transaction.on_commit(lambda: _host_changed(self.organization_id, self.host_id))
-                return
-            from fleetweb.updates.models import RolloutHost
-
             RolloutHost.objects.report_event(self.host_id, msg["kind"], data)
             kind = msg["kind"] if msg["kind"] in EventKind.values else EventKind.AGENT_EVENT
             detail = msg.get("message") or data.get("reason") or data.get("message") or ""

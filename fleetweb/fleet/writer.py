@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 FIELDS = ("last_seen", "update_status", "version", "partitions", "status_seq", "online")
 
 
-class StatusWriter:
+class TickWriter:
+    """Merge what arrives within one tick per host and write it in one transaction."""
+
     def __init__(self, tick: float = 0.05):
         self.tick = tick
         self._pending: dict = {}
@@ -69,6 +71,12 @@ class StatusWriter:
 
     @staticmethod
     def _write(batch: dict) -> None:
+        raise NotImplementedError
+
+
+class StatusWriter(TickWriter):
+    @staticmethod
+    def _write(batch: dict) -> None:
         from .models import Host
 
         close_old_connections()
@@ -85,4 +93,45 @@ class StatusWriter:
             cursor.executemany(sql, rows)
 
 
+class AckWriter(TickWriter):
+    """Policy acknowledgements (`event policy_applied`): after a channel switch every agent of the
+    group acks within a second; one UPDATE and one bulk INSERT of activity events per tick instead
+    of a transaction per host.  ``fields`` holds revision, channel, reboot_strategy, organization,
+    group, hostname, data and the agent's time."""
+
+    @staticmethod
+    def _write(batch: dict) -> None:
+        from fleetweb.core import live
+
+        from .choices import EventKind
+        from .models import Event, Host
+
+        close_old_connections()
+        with transaction.atomic():
+            current = dict(Host.objects.select_for_update().filter(pk__in=list(batch))
+                           .values_list("pk", "policy_revision"))
+            changed = {pk: (conn, f) for pk, (conn, f) in batch.items()
+                       if pk in current and current[pk] != f["revision"]}
+            if not changed:
+                return
+            rev, chan, strat = (Host._meta.get_field(n) for n in ("policy_revision", "channel", "reboot_strategy"))
+            pk = Host._meta.pk
+            q = connection.ops.quote_name
+            sql = (f"UPDATE {q(Host._meta.db_table)} SET {q(rev.column)} = %s, {q(chan.column)} = %s, "
+                   f"{q(strat.column)} = %s WHERE {q(pk.column)} = %s")
+            with connection.cursor() as cursor:
+                cursor.executemany(sql, [[f["revision"], f["channel"], f["reboot_strategy"],
+                                          pk.get_db_prep_save(host_id, connection)]
+                                         for host_id, (_c, f) in changed.items()])
+            Event.objects.bulk_create([
+                Event(organization_id=f["organization_id"], kind=EventKind.POLICY_APPLIED, host_id=host_id,
+                      group_id=f["group_id"], data=f["data"], created=f["created"],
+                      message=f"Host {f['hostname']} applied policy revision {f['revision']}: channel "
+                              f"{f['channel'] or '?'}, strategy {f['reboot_strategy'] or '?'}")
+                for host_id, (_c, f) in changed.items()])
+            notices = [(f["organization_id"], host_id) for host_id, (_c, f) in changed.items()]
+            transaction.on_commit(lambda: [live.to_ui(org, {"kind": "host", "host": str(h)}) for org, h in notices])
+
+
 writer = StatusWriter()
+acks = AckWriter()
