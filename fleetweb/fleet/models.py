@@ -235,8 +235,12 @@ class EnrollmentTokenManager(models.Manager):
     def redeem(self, secret: str) -> "EnrollmentToken":
         """Use up one enrollment of the token or raise EnrollmentError.  Call in a transaction."""
         lookup = secrets.split(secret, "fwe")
-        token = (self.select_related("group__channel", "group__organization").filter(lookup=lookup).first()
-                 if lookup else None)
+        token = None
+        if lookup:  # lookup is unique: .get() spares the ORDER BY that .first() adds
+            try:
+                token = self.select_related("group__organization").get(lookup=lookup)
+            except self.model.DoesNotExist:
+                pass
         if token is None or not secrets.matches(secret, token.digest):
             raise EnrollmentError("token_invalid", "The enrollment token is not valid: check it was copied whole.")
         if token.revoked_at:
@@ -317,7 +321,10 @@ class HostManager(models.Manager):
         now = timezone.now()
         # One INSERT for a new machine (no get_or_create savepoint + UPDATE: enrollment is hot).
         # Two first registrations of one machine racing: the loser's unique violation rolls back.
-        host = self.select_for_update().filter(organization_id=token.organization_id, machine_id=machine_id).first()
+        try:
+            host = self.select_for_update().get(organization_id=token.organization_id, machine_id=machine_id)
+        except self.model.DoesNotExist:
+            host = None
         created = host is None
         if created:
             host = self.model(organization_id=token.organization_id, machine_id=machine_id, registered_at=now)
