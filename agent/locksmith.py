@@ -243,12 +243,19 @@ def _from_range(responses) -> tuple[Semaphore | None, int]:
 
 
 def _describe(exc: BaseException) -> str:
-    details = getattr(exc, "details", None)
-    if callable(details):
-        try:
-            text = details()
+    """One line naming the cause.  pyetcd wraps gRPC errors in bare exceptions
+    (``ConnectionFailedError()``): the detail (e.g. a TLS certificate failure) is on the cause."""
+    seen: set[int] = set()
+    outer = str(exc) or type(exc).__name__
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        details = getattr(exc, "details", None)
+        if callable(details):
+            try:
+                text = details()
+            except Exception:  # pragma: no cover
+                text = None
             if text:
-                return text
-        except Exception:  # pragma: no cover
-            pass
-    return str(exc) or type(exc).__name__
+                return text if str(text) in outer else f"{outer}: {text}"
+        exc = exc.__cause__ or exc.__context__
+    return outer

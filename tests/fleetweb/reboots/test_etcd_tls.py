@@ -236,10 +236,6 @@ def test_a_client_that_fails_tls_gets_etcd_unavailable_and_writes_nothing(tls_et
         good.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pyetcd turns the gRPC UNAVAILABLE into a bare ConnectionFailedError() and Locksmith's _describe "
-    "reads only that exception, so the LockError says 'etcd connection failed' and drops the TLS "
-    "detail (CERTIFICATE_VERIFY_FAILED) that is only in the exception's __context__"))
 @pytest.mark.parametrize("case", ["no CA", "wrong CA"])
 def test_the_lock_error_message_itself_names_the_certificate_problem(tls_etcd, case):
     bad = tls_etcd.client(**BAD_CLIENTS[case](tls_etcd.pki))
