@@ -101,17 +101,31 @@ def cpio_with_file(out: Path, name: str, path: Path, epoch: int) -> Path:
     return out
 
 
+# The disk controllers the artifacts declare: ones the Debian cloud kernel drives (it has no
+# ahci/libata, mptspi or mptsas).  VirtualBox 6.1+: virtio-scsi, an OVF "Other Storage Device"
+# (ResourceType 20) of ResourceSubType VirtioSCSI, as VirtualBox's own OVF export/import writes
+# and reads it; the initramfs loads virtio_scsi + sd_mod.  VMware: PVSCSI, ``scsi0.virtualDev =
+# "pvscsi"`` in the .vmx and ResourceSubType VirtualSCSI (a ParallelSCSIHBA, ResourceType 6) in
+# the OVF, as ovftool writes it; the initramfs loads vmw_pvscsi + sd_mod.
+VIRTUALBOX_CONTROLLER = "VirtioSCSI"
+VMWARE_OVF_CONTROLLER = "VirtualSCSI"
+VMWARE_VMX_CONTROLLER = "pvscsi"
+
+
 def ovf(name: str, disk: Path, capacity: int, *, flavor: str) -> str:
-    """An OVF 1.0 descriptor for one VM with one disk (VirtualBox: SATA/AHCI; VMware: LSI Logic SCSI)."""
+    """An OVF 1.0 descriptor for one VM with one disk (VirtualBox: virtio-scsi; VMware: PVSCSI)."""
     vsys = "virtualbox-2.2" if flavor == "virtualbox" else "vmx-11"
     if flavor == "virtualbox":
-        ctrl = ("<rasd:Caption>sataController0</rasd:Caption><rasd:Description>SATA Controller</rasd:Description>"
-                "<rasd:ElementName>sataController0</rasd:ElementName><rasd:InstanceID>5</rasd:InstanceID>"
-                "<rasd:ResourceSubType>AHCI</rasd:ResourceSubType><rasd:ResourceType>20</rasd:ResourceType>")
+        ctrl = ("<rasd:Caption>virtioSCSIController0</rasd:Caption>"
+                "<rasd:Description>VirtioSCSI Controller</rasd:Description>"
+                "<rasd:ElementName>virtioSCSIController0</rasd:ElementName><rasd:InstanceID>5</rasd:InstanceID>"
+                f"<rasd:ResourceSubType>{VIRTUALBOX_CONTROLLER}</rasd:ResourceSubType>"
+                "<rasd:ResourceType>20</rasd:ResourceType>")
     else:
         ctrl = ("<rasd:Caption>scsiController0</rasd:Caption><rasd:Description>SCSI Controller</rasd:Description>"
                 "<rasd:ElementName>scsiController0</rasd:ElementName><rasd:InstanceID>5</rasd:InstanceID>"
-                "<rasd:ResourceSubType>lsilogic</rasd:ResourceSubType><rasd:ResourceType>6</rasd:ResourceType>")
+                f"<rasd:ResourceSubType>{VMWARE_OVF_CONTROLLER}</rasd:ResourceSubType>"
+                "<rasd:ResourceType>6</rasd:ResourceType>")
     n = escape(name)
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <Envelope ovf:version="1.0" xml:lang="en-US" xmlns="http://schemas.dmtf.org/ovf/envelope/1"
@@ -169,6 +183,7 @@ def ovf(name: str, disk: Path, capacity: int, *, flavor: str) -> str:
 
 
 def vmx(name: str, vmdk_name: str) -> str:
+    """The .vmx: UEFI, the disk on a PVSCSI controller (vmw_pvscsi is in the initramfs)."""
     return f""".encoding = "UTF-8"
 config.version = "8"
 virtualHW.version = "11"
@@ -178,7 +193,7 @@ memsize = "1024"
 numvcpus = "1"
 firmware = "efi"
 scsi0.present = "TRUE"
-scsi0.virtualDev = "lsilogic"
+scsi0.virtualDev = "{VMWARE_VMX_CONTROLLER}"
 scsi0:0.present = "TRUE"
 scsi0:0.fileName = "{vmdk_name}"
 ethernet0.present = "TRUE"

@@ -12,7 +12,7 @@ What the recipe makes:
   links; :func:`imagebuilder.disk.make_usr_image` adds ``/share/coreos/release``).
 * :func:`make_initramfs` — a gzip'd newc cpio written in Python (fixed uid/gid/mtime, sorted,
   gzip mtime 0: byte-identical for the same inputs, no root needed, device nodes included).  Its
-  ``/init`` (:data:`INIT_SCRIPT`) loads the virtio/loop modules with ``insmod`` in dependency
+  ``/init`` (:data:`INIT_SCRIPT`) loads the virtio/SCSI/loop modules with ``insmod`` in dependency
   order; without ``mount.usr=PARTLABEL=X`` on the command line it makes the gptprio choice
   itself (``/bin/gptprio``, :data:`GPTPRIO_SCRIPT`: reads the GPT with dd+od, busybox awk does
   the CRC32s, decrements the winner's tries in both copies); it finds that USR by its GPT
@@ -37,11 +37,15 @@ from imagebuilder.disk import BuildError, run_tool
 KERNEL_META = "linux-image-cloud-amd64"
 BUSYBOX_PKG = "busybox-static"
 # Modules the boot needs from the cloud kernel (ext4 and crc32c are built in there); their
-# dependencies are read from each module's .modinfo and loaded first.
-BOOT_MODULES = ("virtio_pci", "virtio_blk", "loop")
-# Disk drivers of the other platforms, loaded when the kernel has them as modules: GCE
-# (virtio-scsi), older EC2 (Xen), Hyper-V, VMware PVSCSI.  NVMe (EC2 Nitro) is built in.
-OPTIONAL_BOOT_MODULES = ("virtio_scsi", "sd_mod", "xen_blkfront", "hv_storvsc", "vmw_pvscsi")
+# dependencies are read from each module's .modinfo and loaded first.  Required, because the
+# artifacts declare these controllers: virtio-blk (qemu, openstack, ami/gce raw), virtio-scsi
+# (GCE, and the VirtualBox/Vagrant controller), PVSCSI (the VMware controller); sd_mod gives the
+# SCSI disks their block devices.  The cloud kernel has no ahci, mptspi or mptsas, so the
+# VirtualBox and VMware artifacts must not declare SATA or LSI Logic controllers.
+BOOT_MODULES = ("virtio_pci", "virtio_blk", "virtio_scsi", "vmw_pvscsi", "sd_mod", "loop")
+# Disk drivers of the other platforms, loaded when the kernel has them as modules: older EC2
+# (Xen), Hyper-V.  NVMe (EC2 Nitro) is built in.
+OPTIONAL_BOOT_MODULES = ("xen_blkfront", "hv_storvsc")
 SYSTEMD_BOOT_PKG = "systemd-boot-efi"
 SYSTEMD_BOOT_EFI = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 # The BIOS path: GRUB's i386-pc core.img in BIOS-BOOT, boot.img in the protective MBR.

@@ -101,6 +101,36 @@ def test_the_ovf_and_vmx_point_at_their_disks(built):
     assert f'scsi0:0.fileName = "{P}_vmware_image.vmdk"' in vmx
 
 
+def _disk_controller(ovf_text: str) -> tuple[str, str]:
+    """(ResourceType, ResourceSubType) of the controller the OVF's one hard disk hangs on."""
+    import xml.etree.ElementTree as ET
+    ns = {"o": "http://schemas.dmtf.org/ovf/envelope/1",
+          "r": "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"}
+    items = ET.fromstring(ovf_text).findall(".//o:VirtualHardwareSection/o:Item", ns)
+    by_id = {i.findtext("r:InstanceID", namespaces=ns): i for i in items}
+    [disk] = [i for i in items if i.findtext("r:ResourceType", namespaces=ns) == "17"]
+    ctrl = by_id[disk.findtext("r:Parent", namespaces=ns)]
+    return ctrl.findtext("r:ResourceType", namespaces=ns), ctrl.findtext("r:ResourceSubType", namespaces=ns)
+
+
+def test_the_ovf_vmx_and_box_declare_controllers_the_cloud_kernel_drives(built):
+    # no AHCI / LSI Logic (no ahci, mptspi in the cloud kernel): VirtualBox virtio-scsi (an OVF
+    # "Other Storage Device", subtype VirtioSCSI, as VirtualBox 6.1+ reads it), VMware PVSCSI.
+    ovfs = {"virtualbox.ovf": (built / f"{P}_virtualbox.ovf").read_text()}
+    for flavor in ("virtualbox", "vmware"):
+        with tarfile.open(built / f"{P}_{flavor}.ova") as tar:
+            ovfs[f"{flavor}.ova"] = tar.extractfile(tar.getnames()[0]).read().decode()
+    with tarfile.open(built / f"{P}_vagrant.box") as tar:
+        ovfs["vagrant.box"] = tar.extractfile("box.ovf").read().decode()
+    expected = {"virtualbox.ovf": ("20", "VirtioSCSI"), "virtualbox.ova": ("20", "VirtioSCSI"),
+                "vagrant.box": ("20", "VirtioSCSI"), "vmware.ova": ("6", "VirtualSCSI")}
+    assert {name: _disk_controller(text) for name, text in ovfs.items()} == expected
+    for text in ovfs.values():
+        assert "AHCI" not in text and "lsilogic" not in text.lower()
+    vmx = (built / f"{P}_vmware.vmx").read_text()
+    assert 'scsi0.virtualDev = "pvscsi"' in vmx and "lsilogic" not in vmx
+
+
 def test_the_vagrant_box_has_metadata_vagrantfile_and_disk(built):
     with tarfile.open(built / f"{P}_vagrant.box") as tar:
         names = tar.getnames()
