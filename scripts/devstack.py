@@ -33,6 +33,11 @@ import services  # noqa: E402  (scripts/services.py, stdlib only)
 ROOT = services.ROOT
 VAR = services.VAR
 DEMO = VAR / "demo"
+BASE_ACCOUNTS = {
+    "passwd": "root:x:0:0:root:/root:/bin/bash\ncore:x:500:500:CoreOS Admin:/home/core:/bin/bash\n",
+    "group": "root:x:0:\nwheel:x:10:root,core\nsudo:x:150:core\ndocker:x:233:core\ncore:x:500:\n",
+    "shadow": "root:*:1::::::\ncore:*:1::::::\n",
+}
 BIN = Path(sys.executable).parent
 ORG, USER, GROUP = "demo", "admin", "web"
 VERSION = "100.0.0"
@@ -232,6 +237,11 @@ class Stack:
         conf = etc / "coreos" / "update.conf"
         if not conf.exists():
             conf.write_text("GROUP=stable\nREBOOT_STRATEGY=best-effort\n")
+        # The accounts a CoreOS root ships with, so cloud-config `users` can join sudo/docker.
+        for name, text in BASE_ACCOUNTS.items():
+            if not (etc / name).exists():
+                (etc / name).write_text(text)
+                (etc / name).chmod(0o640 if name == "shadow" else 0o644)
         mid = etc / "machine-id"
         if not mid.exists() or len(mid.read_text().strip()) != 32:
             mid.write_text(uuid.uuid4().hex + "\n")
