@@ -237,11 +237,12 @@ def qemu_script(image: str, kernel: str, initrd: str, cmdline: str) -> str:
 # GPT priority/tries/successful attributes (gptprio).  Without OVMF, or with BOOT=kernel, the
 # kernel and initramfs next to this script are passed to QEMU with -kernel/-initrd instead.
 # OVMF_CODE / OVMF_VARS override the firmware and the (writable) variable store; the store is
-# created from OVMF's template next to the disk.  ACCEL=tcg|kvm (default: kvm when /dev/kvm is
-# writable).  Serial console on this terminal (Ctrl-A X).
+# created from OVMF's template next to the disk.  ACCEL=kvm for speed where KVM works (default
+# tcg: it boots everywhere, ~10 s; a present but broken /dev/kvm fails only once the guest runs).
+# Serial console on this terminal (Ctrl-A X).
 set -e
 DIR=$(cd "$(dirname "$0")" && pwd)
-if [ -z "$ACCEL" ]; then ACCEL=tcg; [ -w /dev/kvm ] && ACCEL=kvm; fi
+ACCELS="-accel ${{ACCEL:-tcg}}"
 CODE=${{OVMF_CODE:-}}
 if [ -z "$CODE" ]; then
   for f in {candidates}; do
@@ -254,12 +255,12 @@ if [ -n "$CODE" ] && [ "${{BOOT:-uefi}}" != kernel ]; then
     TEMPLATE=$(dirname "$CODE")/$(basename "$CODE" | sed 's/CODE/VARS/')
     cp "$TEMPLATE" "$VARS" 2>/dev/null || {{ VARS=${{TMPDIR:-/tmp}}/fleetweb-qemu-vars.$$.fd; cp "$TEMPLATE" "$VARS"; }}
   fi
-  exec qemu-system-x86_64 -machine q35 -accel "$ACCEL" -m "${{MEMORY:-1024}}" -nographic \\
+  exec qemu-system-x86_64 -machine q35 $ACCELS -m "${{MEMORY:-1024}}" -nographic \\
     -drive if=pflash,format=raw,readonly=on,file="$CODE" -drive if=pflash,format=raw,file="$VARS" \\
     -drive if=none,id=disk0,file="$DIR/{image}",format=qcow2 -device virtio-blk-pci,drive=disk0,bootindex=0 \\
     -netdev user,id=net0 -device virtio-net-pci,netdev=net0 "$@"
 fi
-exec qemu-system-x86_64 -machine q35 -accel "$ACCEL" -m "${{MEMORY:-1024}}" -nographic \\
+exec qemu-system-x86_64 -machine q35 $ACCELS -m "${{MEMORY:-1024}}" -nographic \\
   -kernel "$DIR/{kernel}" -initrd "$DIR/{initrd}" -append "{cmdline}" \\
   -drive if=virtio,file="$DIR/{image}",format=qcow2 \\
   -netdev user,id=net0 -device virtio-net-pci,netdev=net0 "$@"
