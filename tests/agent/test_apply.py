@@ -97,10 +97,8 @@ def tree(root):
     return out
 
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to other users needs root")
 
 
-@needs_root
 def test_a_full_document_gives_the_expected_tree(host, tmp_path):
     result = apply.apply(host, DOC, revision=3, state_dir=tmp_path / "state")
     assert result.errors == []
@@ -139,7 +137,6 @@ def test_a_full_document_gives_the_expected_tree(host, tmp_path):
     assert result.commands == [["daemon-reload"], ["start", "app.service"]]
 
 
-@needs_root
 def test_a_second_apply_changes_nothing(host, tmp_path):
     apply.apply(host, DOC, revision=3, state_dir=tmp_path / "state")
     before = tree(host.root)

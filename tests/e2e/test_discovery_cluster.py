@@ -3,7 +3,6 @@ ASGI server), and a fourth member is refused because the cluster is full (issue 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import urllib.request
 
@@ -11,8 +10,6 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import free_port, stop_process, wait_for
-
-pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server is not installed")
 
 
 def start_member(name: str, url: str, workdir, *extra: str):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from agent.locksmith import ETCD_UNAVAILABLE, LockError, Locksmith, group_key
 
 ETCD_BIN = "/usr/bin/etcd"
 
-pytestmark = pytest.mark.skipif(shutil.which(ETCD_BIN) is None, reason=f"{ETCD_BIN} is not installed")
 
 
 # ---------------------------------------------------------------------------------------------
