@@ -19,7 +19,7 @@ from fleetweb.core import live
 from fleetweb.core.hub import hub
 
 from .choices import EventKind
-from .writer import acks, writer
+from .writer import acks, hellos, writer
 
 log = logging.getLogger(__name__)
 
@@ -132,57 +132,14 @@ class AgentConsumer(AsyncWebsocketConsumer):
         await getattr(self, f"on_{msg['type']}")(msg)
 
     async def on_hello(self, msg):
-        policy, update = await self._hello(msg)
+        policy, update, host = await hellos.connect(self.host_id, self.connection_id, msg)
+        self.hostname = host.hostname
+        self.state = {"update_status": host.update_status, "version": host.version,
+                      "partitions": host.partitions, "status_seq": host.status_seq}
         self.ready = True
         await self.send(text_data=json.dumps(policy, separators=(",", ":")))
         if update is not None:  # a grant the host had not finished before it went away
             await self.send(text_data=json.dumps(update, separators=(",", ":")))
-
-    @database_sync_to_async
-    def _hello(self, msg):
-        from fleetweb.updates.models import RolloutHost
-
-        from .models import Event, Group, Host, _host_changed
-
-        now = timezone.now()
-        with transaction.atomic():
-            host = Host.objects.select_for_update().get(pk=self.host_id)
-            rebooted = bool(host.boot_id) and host.boot_id != msg["boot_id"]
-            host.hostname = msg["hostname"][:255]
-            host.boot_id = msg["boot_id"][:64]
-            host.agent_version = msg["agent_version"][:32]
-            host.version = (msg.get("version") or "")[:64]
-            host.partitions = msg["partitions"]
-            host.update_status = msg["update_status"]
-            host.channel = (msg.get("group") or "")[:16]
-            host.reboot_strategy = (msg.get("reboot_strategy") or "")[:16]
-            if "policy_revision" in msg and host.policy_revision > msg["policy_revision"]:
-                host.policy_revision = msg["policy_revision"]  # the agent lost its state
-            host.online = True
-            host.connection_id = self.connection_id
-            host.last_seen = now
-            host.save()
-            active = host.active_partition or {}
-            Event.objects.record(
-                host.organization_id, EventKind.CONNECTED,
-                f"Host {host.hostname} connected: version {host.version or '?'} on {active.get('label', '?')}"
-                + (" (after a reboot)" if rebooted else ""),
-                host=host, group_id=host.group_id,
-                data={"boot_id": host.boot_id, "rebooted": rebooted, "version": host.version})
-            transaction.on_commit(lambda: _host_changed(host.organization_id, host.pk))
-            group = Group.objects.select_related("channel").get(pk=host.group_id)
-            pending = RolloutHost.objects.in_flight_for(host.pk)
-            if pending is not None and (rebooted or pending.rollout.release.version == host.version):
-                # Re-offer a grant only to an agent that restarted within the same boot (it resumes
-                # its download).  After a reboot the install happened: its report is on the way,
-                # possibly still queued on the old socket.
-                pending = None
-            update = pending.rollout.release.update_frame(host.pk, pending.rollout_id,
-                                                          pending.rollout.allow_downgrade) if pending else None
-        self.hostname = host.hostname
-        self.state = {"update_status": host.update_status, "version": host.version,
-                      "partitions": host.partitions, "status_seq": host.status_seq}
-        return group.policy(), update
 
     async def on_status(self, msg):
         st = self.state

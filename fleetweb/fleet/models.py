@@ -348,6 +348,92 @@ class HostManager(models.Manager):
                              host=host, group=token.group, data={"token": token.lookup, "machine_id": machine_id})
         return host, new.secret
 
+    HELLO_FIELDS = ("hostname", "boot_id", "agent_version", "version", "partitions", "update_status", "channel",
+                    "reboot_strategy", "policy_revision", "online", "connection_id", "last_seen")
+
+    def connect_many(self, hellos: list[tuple]) -> list:
+        """Record a batch of agent `hello`s (host_id, connection_id, message) in one transaction.
+
+        Returns, per hello, ``(policy frame, update frame or None, host)`` or the exception for that
+        entry.  A batch costs a handful of statements whatever its size: a fleet reconnecting after
+        a server restart is not a transaction per host.
+        """
+        from django.db import connection
+
+        from fleetweb.updates.models import RolloutHost
+
+        now = timezone.now()
+        with transaction.atomic():
+            hosts = {h.pk: h for h in self.select_for_update(of=("self",)).filter(pk__in={e[0] for e in hellos})}
+            events, results, rebooted_ids = [], [], set()
+            for host_id, connection_id, msg in hellos:
+                host = hosts.get(host_id)
+                if host is None:
+                    results.append(self.model.DoesNotExist(f"host {host_id} was deleted"))
+                    continue
+                rebooted = bool(host.boot_id) and host.boot_id != msg["boot_id"]
+                if rebooted:
+                    rebooted_ids.add(host_id)
+                host.hostname = msg["hostname"][:255]
+                host.boot_id = msg["boot_id"][:64]
+                host.agent_version = msg["agent_version"][:32]
+                host.version = (msg.get("version") or "")[:64]
+                host.partitions = msg["partitions"]
+                host.update_status = msg["update_status"]
+                host.channel = (msg.get("group") or "")[:16]
+                host.reboot_strategy = (msg.get("reboot_strategy") or "")[:16]
+                if "policy_revision" in msg and host.policy_revision > msg["policy_revision"]:
+                    host.policy_revision = msg["policy_revision"]  # the agent lost its state
+                host.online, host.connection_id, host.last_seen = True, connection_id, now
+                active = host.active_partition or {}
+                events.append(Event(
+                    organization_id=host.organization_id, kind=EventKind.CONNECTED, host_id=host.pk,
+                    group_id=host.group_id, created=now,
+                    message=f"Host {host.hostname} connected: version {host.version or '?'} on "
+                            f"{active.get('label', '?')}" + (" (after a reboot)" if rebooted else ""),
+                    data={"boot_id": host.boot_id, "rebooted": rebooted, "version": host.version}))
+                results.append(host)
+            saved = [h for h in results if isinstance(h, Host)]
+            if saved:
+                fields = [self.model._meta.get_field(n) for n in self.HELLO_FIELDS]
+                pk = self.model._meta.pk
+                q = connection.ops.quote_name
+                sql = (f"UPDATE {q(self.model._meta.db_table)} SET "
+                       + ", ".join(f"{q(f.column)} = %s" for f in fields) + f" WHERE {q(pk.column)} = %s")
+                rows = {h.pk: [f.get_db_prep_save(getattr(h, f.attname), connection) for f in fields]
+                        + [pk.get_db_prep_save(h.pk, connection)] for h in saved}
+                with connection.cursor() as cursor:
+                    cursor.executemany(sql, list(rows.values()))
+                Event.objects.bulk_create(events)
+
+                def notify():
+                    for e in events:
+                        e.broadcast()
+                    for h in saved:
+                        _host_changed(h.organization_id, h.pk)
+                transaction.on_commit(notify)
+            groups = {g.pk: g for g in Group.objects.select_related("channel", "organization")
+                      .filter(pk__in={h.group_id for h in saved})}
+            policies = {gid: g.policy() for gid, g in groups.items()}
+            grants = {}
+            for rh in RolloutHost.objects.in_flight_for_hosts([h.pk for h in saved]):
+                grants.setdefault(rh.host_id, rh)
+            out = []
+            for item in results:
+                if not isinstance(item, Host):
+                    out.append(item)
+                    continue
+                rh = grants.get(item.pk)
+                if rh is not None and (item.pk in rebooted_ids or rh.rollout.release.version == item.version):
+                    # Re-offer a grant only to an agent that restarted within the same boot (it resumes
+                    # its download).  After a reboot the install happened: its report is on the way,
+                    # possibly still queued on the old socket.
+                    rh = None
+                update = (rh.rollout.release.update_frame(item.pk, rh.rollout_id, rh.rollout.allow_downgrade)
+                          if rh is not None else None)
+                out.append((policies[item.group_id], update, item))
+            return out
+
     def reap_offline(self, now=None) -> int:
         """Mark offline every host silent for longer than FLEET_OFFLINE_AFTER."""
         from django.conf import settings

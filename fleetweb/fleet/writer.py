@@ -133,5 +133,52 @@ class AckWriter(TickWriter):
             transaction.on_commit(lambda: [live.to_ui(org, {"kind": "host", "host": str(h)}) for org, h in notices])
 
 
+class HelloBatcher:
+    """Hellos that arrive within one short tick are recorded together (``Host.objects.connect_many``)
+    and each consumer gets its own answer.  Unlike the writers above the caller waits: the hello's
+    answer is the policy."""
+
+    def __init__(self, tick: float = 0.01):
+        self.tick = tick
+        self._pending: list = []
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def connect(self, host_id, connection_id, msg: dict):
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop, self._task, self._pending = loop, None, []
+        fut = loop.create_future()
+        self._pending.append((host_id, connection_id, msg, fut))
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run())
+        return await fut
+
+    async def _run(self) -> None:
+        while self._pending:
+            await asyncio.sleep(self.tick)
+            batch, self._pending = self._pending[:1000], self._pending[1000:]
+            try:
+                results = await database_sync_to_async(self._write)([b[:3] for b in batch])
+            except Exception as exc:
+                log.exception("recording %d hellos failed", len(batch))
+                results = [exc] * len(batch)
+            for (_h, _c, _m, fut), result in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+
+    @staticmethod
+    def _write(hellos: list) -> list:
+        from .models import Host
+
+        close_old_connections()
+        return Host.objects.connect_many(hellos)
+
+
 writer = StatusWriter()
 acks = AckWriter()
+hellos = HelloBatcher()
