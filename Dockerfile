@@ -26,4 +26,5 @@ RUN pip install --no-deps -e . \
 
 USER fleetweb
 EXPOSE 8000
-CMD ["uvicorn", "fleetweb.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--ws-max-size", "1048576"]
+CMD ["uvicorn", "fleetweb.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--ws-max-size", "1048576", \
+     "--ws-ping-interval", "30", "--ws-ping-timeout", "120"]

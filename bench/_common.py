@@ -282,7 +282,8 @@ PARTITIONS = [
 # -- the server -------------------------------------------------------------------------------
 def start_uvicorn(env: dict, port: int, log_path: Path) -> subprocess.Popen:
     cmd = [BIN / "uvicorn", "fleetweb.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-           "--ws-max-size", "1048576", "--no-access-log", "--loop", "uvloop", "--http", "httptools",
+           "--ws-max-size", "1048576", "--ws-ping-interval", "30", "--ws-ping-timeout", "120",
+           "--no-access-log", "--loop", "uvloop", "--http", "httptools",
            "--backlog", "4096"]
     proc = start(cmd, env=env, log_path=log_path)
     deadline = time.monotonic() + 60

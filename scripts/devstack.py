@@ -328,7 +328,8 @@ class Stack:
         if self.stopping:
             return self.exit_code
         web = self.spawn("web", [str(BIN / "uvicorn"), "fleetweb.asgi:application", "--host", "127.0.0.1",
-                                 "--port", str(self.port), "--ws-max-size", "1048576"])
+                                 "--port", str(self.port), "--ws-max-size", "1048576",
+                                 "--ws-ping-interval", "30", "--ws-ping-timeout", "120"])
         self.spawn("worker", [str(BIN / "celery"), "-A", "fleetweb", "worker", "-l", "info", "--concurrency", "2"])
         self.spawn("beat", [str(BIN / "celery"), "-A", "fleetweb", "beat", "-l", "info",
                             "--schedule", str(VAR / "celerybeat-schedule")])
