@@ -1,23 +1,10 @@
 """Constants of the reboots domain, each with its colour (templates never pick one)."""
 from django.db import models
 
+from fleetweb.fleet.choices import EventKind
 
-class LockEventKind(models.TextChoices):
-    """Activity-log kinds written by this app; the same values are in ``fleet.choices.EventKind``."""
-
-    LOCK_TAKEN = "lock_taken", "Reboot lock taken"
-    LOCK_RELEASED = "lock_released", "Reboot lock released"
-    LOCK_UNLOCKED = "lock_unlocked", "Reboot lock released by an admin"
-    LOCK_SET_MAX = "lock_set_max", "Reboot lock max changed"
-    LOCK_STUCK = "lock_stuck", "Host stuck holding the reboot lock"
-    FLEETLOCK_ROTATED = "fleetlock_rotated", "FleetLock URL rotated"
-    ETCD_PROVISIONED = "etcd_provisioned", "etcd account provisioned"
-
-    @classmethod
-    def colour(cls, kind: str) -> str:
-        from fleetweb.fleet.choices import EventKind  # the activity log's one colour table
-
-        return EventKind.colour(kind)
+# The activity-log kinds this app writes live in the one table of kinds (with their colours).
+LockEventKind = EventKind
 
 
 class FleetLockError(models.TextChoices):
