@@ -163,6 +163,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE = {
     "reap-offline-hosts": {"task": "fleetweb.fleet.tasks.reap_offline_hosts", "schedule": 15.0},
     "advance-rollouts": {"task": "fleetweb.updates.tasks.advance_rollouts", "schedule": 5.0},
+    "sweep-payload-store": {"task": "fleetweb.updates.tasks.sweep_payload_store", "schedule": 3600.0},
     "reap-builds": {"task": "fleetweb.builds.tasks.reap_builds", "schedule": 60.0},
 }
 

@@ -68,3 +68,19 @@ def test_a_rotated_key_is_endorsed_by_the_old_one_and_pushed_to_agents(acme, web
     assert SigningKey.objects.active(acme) == new
     with pytest.raises(signing.SignatureError):
         signing.verify_rotation(new.public_key, old.public_key, new.endorsement)
+
+
+def test_the_store_sweep_removes_only_payloads_no_release_refers_to(acme, make_release, media_root):
+    import os
+
+    from fleetweb.updates.tasks import sweep_payload_store
+
+    kept = make_release("101.0.0")
+    orphan = media_root / "releases" / "acme" / ("f" * 64 + ".usr")
+    orphan.write_bytes(b"left behind by a rolled-back transaction")
+    old = os.stat(orphan).st_mtime - 7200
+    os.utime(orphan, (old, old))
+    fresh = media_root / "releases" / "acme" / ("e" * 64 + ".usr")
+    fresh.write_bytes(b"an upload still in its transaction")
+    assert sweep_payload_store() == 1
+    assert not orphan.exists() and fresh.exists() and kept.path.exists()
