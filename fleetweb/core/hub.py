@@ -42,9 +42,6 @@ class Hub:
             if not senders:
                 del self._local[key]
 
-    def local_count(self, key: str) -> int:
-        return len(self._local.get(key, ()))
-
     async def _ensure_started(self) -> None:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # first use in this process (or a new loop in tests)

@@ -61,10 +61,6 @@ def to_ui(organization_id: int, payload: dict) -> None:
             _scheduled = False
 
 
-async def ato_ui(organization_id: int, payload: dict) -> None:
-    to_ui(organization_id, payload)
-
-
 async def _flush_later() -> None:
     global _scheduled
     await asyncio.sleep(BATCH_SECONDS)

@@ -527,10 +527,8 @@ class RolloutHostManager(models.Manager):
                     .order_by("-granted_at"))
 
     def in_flight_for(self, host_id) -> "RolloutHost | None":
-        return (self.select_related("rollout__release")
-                .filter(host_id=host_id, rollout__status=RolloutStatus.RUNNING,
-                        state__in=(HostUpdateState.GRANTED, HostUpdateState.DOWNLOADING, HostUpdateState.VERIFYING))
-                .order_by("-granted_at").first())
+        grants = self.in_flight_for_hosts([host_id])
+        return grants[0] if grants else None
 
     def report_status(self, host_id, rollout_id: int, update_status: str, progress: float | None) -> bool:
         from .choices import AGENT_STATUS_TO_STATE
