@@ -585,10 +585,10 @@ class Agent:
                 self.request_reboot()
             return
         if result.outcome == boot.HEALTHY:
+            await self.send_status()  # the partition marked good is on record before the outcome is
             await self.emit("booted_new_version", {"version": p["version"], "previous_version": p.get("previous_version"),
                                                    "rollout": p.get("rollout"), "partition": p.get("label")})
             await asyncio.to_thread(boot.clear_pending, self.config.state_dir)
-            await self.send_status()
         elif result.outcome == boot.UNHEALTHY:
             await self.emit("health_check_failed", {"version": p["version"], "reason": result.reason,
                                                     "rollout": p.get("rollout"), "partition": p.get("label")},
@@ -602,9 +602,9 @@ class Agent:
             else:
                 data = {"reason": result.reason, "failed_version": p.get("version"), "version": result.version,
                         "rollout": p.get("rollout")}
+            await self.send_status()
             await self.emit("rollback", data, result.reason)
             await asyncio.to_thread(boot.clear_pending, self.config.state_dir)
-            await self.send_status()
         elif result.outcome == boot.ROLLBACK_FAILED:
             await self.emit("update_error", {"code": "rollback_failed", "message": result.reason,
                                              "rollout": p.get("rollout"), "version": p.get("version")}, result.reason)

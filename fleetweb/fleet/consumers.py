@@ -178,6 +178,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 "channel": channel[:16] if isinstance(channel, str) else "",
                 "reboot_strategy": strategy[:16] if isinstance(strategy, str) else ""})
             return
+        # A host's frames take effect in the order it sent them: its queued status is stored before the event.
+        await writer.flush(self.host_id)
         await self._event(msg)
 
     @database_sync_to_async

@@ -31,6 +31,7 @@ class TickWriter:
     def __init__(self, tick: float = 0.05):
         self.tick = tick
         self._pending: dict = {}
+        self._writing: dict = {}
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._written: asyncio.Event | None = None
@@ -39,7 +40,7 @@ class TickWriter:
     def _bind(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # first use in this process (or a new loop in tests)
-            self._loop, self._task, self._pending = loop, None, {}
+            self._loop, self._task, self._pending, self._writing = loop, None, {}, {}
             self._written = asyncio.Event()
         return loop
 
@@ -49,9 +50,16 @@ class TickWriter:
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run())
 
-    async def flush(self) -> None:
+    async def flush(self, host_id=None) -> None:
+        """Wait until everything submitted so far (or only what ``host_id`` submitted) is written."""
         self._bind()
-        while self._pending or (self._task is not None and not self._task.done()):
+
+        def waiting() -> bool:
+            if host_id is not None:  # other hosts may keep the writer busy for ever: wait for this one only
+                return host_id in self._pending or host_id in self._writing
+            return bool(self._pending) or (self._task is not None and not self._task.done())
+
+        while waiting():
             self._written.clear()
             await self._written.wait()
 
@@ -60,13 +68,16 @@ class TickWriter:
             while self._pending:
                 await asyncio.sleep(self.tick)
                 batch, self._pending = self._pending, {}
+                self._writing = batch
                 try:
                     await database_sync_to_async(self._write)(batch)
                 except Exception:  # keep the sockets; the next frame of each host retries
                     self.errors += 1
                     log.exception("status write of %d hosts failed", len(batch))
+                self._writing = {}
                 self._written.set()
         finally:
+            self._writing = {}
             self._written.set()
 
     @staticmethod

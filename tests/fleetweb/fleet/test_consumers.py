@@ -118,3 +118,30 @@ async def test_it_pushes_a_channel_switch_to_connected_agents(host, acme):
     assert pushed["type"] == "policy" and pushed["channel"] == "beta"
     assert pushed["revision"] == first["revision"] + 1
     await comm.disconnect()
+
+
+async def test_a_hosts_status_is_stored_before_an_event_it_sent_afterwards(host, monkeypatch):
+    """A host reports its partition marked good, then that it booted the new version: whoever reads the event
+    (the rollout, the dashboard, an API client) must find the partition state the host reported before it."""
+    import asyncio
+
+    from fleetweb.fleet.writer import writer
+
+    monkeypatch.setattr(writer, "tick", 0.5)  # a busy writer: status frames wait a while before they are written
+    comm = await connect(host.credential)
+    await comm.send_to(text_data=json.dumps(hello()))
+    await comm.receive_from()
+    await comm.send_to(text_data=protocol.encode(
+        "status", "agent", update_status="IDLE", seq=3, version="200.0.0",
+        partitions=partitions(active="USR-B", version_b="200.0.0")))
+    await comm.send_to(text_data=protocol.encode(
+        "event", "agent", kind="booted_new_version", data={"version": "200.0.0", "previous_version": "100.0.0"}))
+    for _ in range(100):
+        if await Event.objects.filter(host_id=host.pk, kind="booted_new_version").aexists():
+            break
+        await asyncio.sleep(0.01)
+    stored = await Host.objects.aget(pk=host.pk)
+    assert await Event.objects.filter(host_id=host.pk, kind="booted_new_version").aexists()
+    assert stored.version == "200.0.0" and stored.status_seq == 3
+    assert [p["label"] for p in stored.partitions if p["active"]] == ["USR-B"]
+    await comm.disconnect()
