@@ -18,6 +18,7 @@ from .test_update import (  # noqa: F401  (fixtures)
     payloads,
     start_agent,
     stop_agent,
+    until,
     update_frame,
     wait_for,
     ws_server,
@@ -45,8 +46,10 @@ def test_an_etcd_lock_host_reboots_holding_the_semaphore_and_releases_it_after_b
             seen["acquired"] = event(srv, ws, "lock_acquired")
             seen["rebooting"] = event(srv, ws, "rebooting")
         else:
-            seen["booted"] = event(srv, ws, "booted_new_version")
-            seen["released"] = event(srv, ws, "lock_released")
+            names = {"booted_new_version": "booted", "lock_released": "released"}  # in either order
+            while not {"booted", "released"} <= seen.keys():
+                frame = until(srv, ws, "event", lambda f: f["kind"] in names)
+                seen[names[frame["kind"]]] = frame
             done.set()
 
     srv = ws_server(script)

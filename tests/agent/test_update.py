@@ -218,8 +218,10 @@ def test_it_installs_resumes_after_a_cut_reboots_and_marks_the_new_partition_goo
         else:
             srv.hello1 = srv.recv(ws, "hello")
             ws.send(key_policy(1, "reboot", keypair))
+            # the partition marked good is reported before the outcome, so whoever reads the outcome finds it
+            srv.after = until(srv, ws, "status", lambda f: any(
+                p["label"] == "USR-B" and p["active"] and p["successful"] for p in f.get("partitions") or ()))
             srv.booted = event(srv, ws, "booted_new_version")
-            srv.after = until(srv, ws, "status")
             done.set()
 
     srv = ws_server(script)

@@ -18,6 +18,9 @@ from imagebuilder.disk import make_usr_image
 BOOT_TIMEOUT = 60
 UEFI_TIMEOUT = 90           # OVMF under TCG: measured 10-15 s to the banner on 2 cores
 BANNER = re.compile(r"fleetweb-boot: version=(\S+) usr=(\S+) mounted=(\S+)")
+# Firmware consoles (SeaBIOS sercon, GRUB's gfxterm-less menu) move the cursor in the middle of words:
+# "Welco\x1b[10;05H\x1b[10;06Hme to GRUB!". Match against the text with the terminal codes taken out.
+TERMINAL_CODES = re.compile(r"\x1b(?:\[[0-9;?]*[A-Za-z]|[c()][0-9A-B]?)")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
 
@@ -32,7 +35,15 @@ class Boot:
                                      stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
 
     def text(self) -> str:
-        return self.log.read_text(errors="replace").replace("\r", "") if self.log.exists() else ""
+        if not self.log.exists():
+            return ""
+        return TERMINAL_CODES.sub("", self.log.read_text(errors="replace").replace("\r", ""))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc.stderr.close()
 
     def wait(self) -> tuple[str, float]:
         try:
@@ -46,10 +57,7 @@ class Boot:
             raise AssertionError(f"{self.name}: no banner within {self.timeout}s (qemu rc={self.proc.poll()}):\n"
                                  f"{self.text()[-3000:]}")
         finally:
-            if self.proc.poll() is None:
-                os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-            self.proc.stderr.close()
+            self.kill()
 
 
 def _kernel_boot(tmp_path, name: str, kernel, initrd, append: str, drive=None) -> tuple[str, float]:
@@ -114,18 +122,22 @@ def test_the_qemu_and_openstack_disks_boot_through_uefi_and_the_ami_raw_through_
                                    "-monitor", "none", "-serial", f"file:{blog}", "-drive",
                                    f"file={built / f'{P}_ami_image.bin'},if=virtio,format=raw,snapshot=on"],
                 blog, UEFI_TIMEOUT)
-    text, took = bios.wait()
-    print(f"{bios.name}: {BANNER.search(text).group(0)} after {took:.1f}s")
-    assert BANNER.search(text).groups() == ("4.2.0", "USR-A", "ro")
-    assert "GRUB loading" in text and "Welcome to GRUB" in text
-    for boot in (qemu, openstack):
-        text, took = boot.wait()
-        print(f"{boot.name}: {BANNER.search(text).group(0)} after {took:.1f}s")
+    try:
+        text, took = bios.wait()
+        print(f"{bios.name}: {BANNER.search(text).group(0)} after {took:.1f}s")
         assert BANNER.search(text).groups() == ("4.2.0", "USR-A", "ro")
-        _assert_uefi_path(text)
-        assert re.search(r"gptprio on /dev/vda chose partition 3 \(USR-A: priority=1 tries=0 successful=1\)", text)
-        assert "mounted /dev/vda3 on /usr (ro)" in text
-        assert took < UEFI_TIMEOUT
+        assert "GRUB loading" in text and "Welcome to GRUB" in text
+        for boot in (qemu, openstack):
+            text, took = boot.wait()
+            print(f"{boot.name}: {BANNER.search(text).group(0)} after {took:.1f}s")
+            assert BANNER.search(text).groups() == ("4.2.0", "USR-A", "ro")
+            _assert_uefi_path(text)
+            assert re.search(r"gptprio on /dev/vda chose partition 3 \(USR-A: priority=1 tries=0 successful=1\)", text)
+            assert "mounted /dev/vda3 on /usr (ro)" in text
+            assert took < UEFI_TIMEOUT
+    finally:  # a failed check must not leave the other two running on the shared images
+        for boot in (bios, qemu, openstack):
+            boot.kill()
     assert not (built / f"{P}_qemu_vars.fd").exists()
 
 
