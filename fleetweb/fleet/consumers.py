@@ -89,8 +89,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
         hub.leave(f"host:{self.host_id}", self._from_host_key)
         hub.leave(f"group:{self.group_id}", self._send_text)
         if self.ready:
-            await writer.flush()  # this socket's last frames first, then offline
-            await acks.flush()
+            await writer.flush(self.host_id, self.connection_id)  # this socket's last frames first, then offline
+            await acks.flush(self.host_id, self.connection_id)
             await self._mark_offline(code)
 
     # -- frames from the hub ---------------------------------------------------------------
@@ -149,17 +149,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if "partitions" in msg:
             st["partitions"] = msg["partitions"]
         st["status_seq"] = msg.get("seq", st["status_seq"] + 1)
-        if "rollout" in msg:
-            await self._rollout_status(msg["rollout"], msg["update_status"], msg.get("progress"))
-        await writer.submit(self.host_id, self.connection_id,
-                            {**st, "last_seen": timezone.now(), "online": True})
-
-    @database_sync_to_async
-    def _rollout_status(self, rollout_id, update_status, progress):
-        from fleetweb.updates.models import RolloutHost
-
-        with transaction.atomic():
-            RolloutHost.objects.report_status(self.host_id, rollout_id, update_status, progress)
+        fields = {**st, "last_seen": timezone.now(), "online": True}
+        if "rollout" in msg:  # update progress: moves the rollout entry in the same group commit
+            fields["rollout_report"] = (msg["rollout"], msg["update_status"], msg.get("progress"))
+        await writer.submit(self.host_id, self.connection_id, fields)
 
     async def on_pong(self, msg):
         await writer.submit(self.host_id, self.connection_id,
@@ -179,7 +172,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 "reboot_strategy": strategy[:16] if isinstance(strategy, str) else ""})
             return
         # A host's frames take effect in the order it sent them: its queued status is stored before the event.
-        await writer.flush(self.host_id)
+        await writer.flush(self.host_id, self.connection_id)
         await self._event(msg)
 
     @database_sync_to_async

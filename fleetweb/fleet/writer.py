@@ -1,16 +1,21 @@
 """Group commit for agent heartbeats.
 
 Every `status` frame is persisted, but one UPDATE per frame would cap a process at a few hundred
-frames per second.  Frames that arrive within one tick (50 ms) are merged per host and written
-with one ``executemany`` UPDATE in one transaction (Django's ``bulk_update`` spends most of its
-time building CASE expressions: measured 40x slower for 1,000 rows).
+frames per second.  Frames that arrive within one tick (50 ms) are merged per connection and
+written with one ``executemany`` UPDATE in one transaction (Django's ``bulk_update`` spends most of
+its time building CASE expressions: measured 40x slower for 1,000 rows).  The update progress a
+status frame carries (DOWNLOADING 40 %, VERIFYING, ...) moves the host's rollout entry in the same
+transaction: during a rollout every agent reports progress several times a second.
 
-Each row is conditioned on the host's current connection id, so a frame from a socket that a
-reconnect replaced (or that was already marked offline) never overwrites fresher state.
+Pending frames are keyed by (host, connection) and each row is conditioned on the host's current
+connection id, so a frame from a socket that a reconnect replaced never overwrites fresher state,
+not even while both wait in the same tick (a rebooting host's old socket can still be draining
+queued frames when the new one has reported the boot).
 
 ``submit`` does not wait for the write: a consumer that awaited every write stopped reading its
 socket while a large batch ran, and at 10,000 agents missed uvicorn's keepalive pings.  ``flush``
-waits for everything submitted so far (a disconnect flushes before it marks the host offline).
+waits until one connection's frames are written (a disconnect flushes before it marks the host
+offline; an event is applied only after the status the host sent before it).
 """
 from __future__ import annotations
 
@@ -26,7 +31,10 @@ FIELDS = ("last_seen", "update_status", "version", "partitions", "status_seq", "
 
 
 class TickWriter:
-    """Merge what arrives within one tick per host and write it in one transaction."""
+    """Merge what arrives within one tick per connection and write it in one transaction.
+
+    ``_write`` gets ``{(host_id, connection_id): fields}``; a later frame's fields update an earlier
+    one's within the tick (so a key only some frames carry survives a frame without it)."""
 
     def __init__(self, tick: float = 0.05):
         self.tick = tick
@@ -46,17 +54,20 @@ class TickWriter:
 
     async def submit(self, host_id, connection_id, fields: dict) -> None:
         loop = self._bind()
-        self._pending[host_id] = (connection_id, fields)
+        key = (host_id, connection_id)
+        earlier = self._pending.get(key)
+        self._pending[key] = {**earlier, **fields} if earlier else fields
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run())
 
-    async def flush(self, host_id=None) -> None:
-        """Wait until everything submitted so far (or only what ``host_id`` submitted) is written."""
+    async def flush(self, host_id=None, connection_id=None) -> None:
+        """Wait until what one connection submitted so far is written (everything, without arguments)."""
         self._bind()
+        key = (host_id, connection_id)
 
         def waiting() -> bool:
             if host_id is not None:  # other hosts may keep the writer busy for ever: wait for this one only
-                return host_id in self._pending or host_id in self._writing
+                return key in self._pending or key in self._writing
             return bool(self._pending) or (self._task is not None and not self._task.done())
 
         while waiting():
@@ -86,8 +97,13 @@ class TickWriter:
 
 
 class StatusWriter(TickWriter):
+    """Status frames and pongs: the host's fields, plus ``rollout_report`` (rollout id, agent update
+    status, progress) when the frame reports an update in progress."""
+
     @staticmethod
     def _write(batch: dict) -> None:
+        from fleetweb.updates.models import RolloutHost
+
         from .models import Host
 
         close_old_connections()
@@ -99,9 +115,14 @@ class StatusWriter(TickWriter):
                f"AND {connection.ops.quote_name(conn.column)} = %s")
         rows = [[f.get_db_prep_save(values[f.name], connection) for f in fields]
                 + [pk.get_db_prep_save(host_id, connection), conn.get_db_prep_save(conn_id, connection)]
-                for host_id, (conn_id, values) in batch.items()]
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.executemany(sql, rows)
+                for (host_id, conn_id), values in batch.items()]
+        reports = [(host_id, conn_id, *values["rollout_report"])
+                   for (host_id, conn_id), values in batch.items() if "rollout_report" in values]
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.executemany(sql, rows)
+            if reports:
+                RolloutHost.objects.report_statuses(reports)
 
 
 class AckWriter(TickWriter):
@@ -119,10 +140,10 @@ class AckWriter(TickWriter):
 
         close_old_connections()
         with transaction.atomic():
-            current = dict(Host.objects.select_for_update().filter(pk__in=list(batch))
+            latest = {host_id: f for (host_id, _conn), f in batch.items()}  # a reconnect's ack comes last
+            current = dict(Host.objects.select_for_update().filter(pk__in=list(latest))
                            .values_list("pk", "policy_revision"))
-            changed = {pk: (conn, f) for pk, (conn, f) in batch.items()
-                       if pk in current and current[pk] != f["revision"]}
+            changed = {pk: f for pk, f in latest.items() if pk in current and current[pk] != f["revision"]}
             if not changed:
                 return
             rev, chan, strat = (Host._meta.get_field(n) for n in ("policy_revision", "channel", "reboot_strategy"))
@@ -133,14 +154,14 @@ class AckWriter(TickWriter):
             with connection.cursor() as cursor:
                 cursor.executemany(sql, [[f["revision"], f["channel"], f["reboot_strategy"],
                                           pk.get_db_prep_save(host_id, connection)]
-                                         for host_id, (_c, f) in changed.items()])
+                                         for host_id, f in changed.items()])
             Event.objects.bulk_create([
                 Event(organization_id=f["organization_id"], kind=EventKind.POLICY_APPLIED, host_id=host_id,
                       group_id=f["group_id"], data=f["data"], created=f["created"],
                       message=f"Host {f['hostname']} applied policy revision {f['revision']}: channel "
                               f"{f['channel'] or '?'}, strategy {f['reboot_strategy'] or '?'}")
-                for host_id, (_c, f) in changed.items()])
-            notices = [(f["organization_id"], host_id) for host_id, (_c, f) in changed.items()]
+                for host_id, f in changed.items()])
+            notices = [(f["organization_id"], host_id) for host_id, f in changed.items()]
             transaction.on_commit(lambda: [live.to_ui(org, {"kind": "host", "host": str(h)}) for org, h in notices])
 
 

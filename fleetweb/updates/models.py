@@ -542,6 +542,44 @@ class RolloutHostManager(models.Manager):
             transaction.on_commit(lambda: rh.rollout.broadcast())
         return moved
 
+    def report_statuses(self, reports: list[tuple]) -> None:
+        """Update progress of many agents, ``(host_id, connection_id, rollout_id, agent status, progress)``,
+        in one statement batch inside the caller's transaction (the heartbeat group commit).
+
+        A report moves an entry that is still in flight, and only while it comes over the host's
+        current connection: the queued frames of a socket a reboot replaced change nothing."""
+        from django.db import connection
+
+        from fleetweb.fleet.models import Host
+
+        from .choices import AGENT_STATUS_TO_STATE
+
+        rows, rollout_ids = [], set()
+        pk, conn = Host._meta.pk, Host._meta.get_field("connection_id")
+        in_flight = HostUpdateState.in_flight()
+        for host_id, connection_id, rollout_id, update_status, progress in reports:
+            state = AGENT_STATUS_TO_STATE.get(update_status)
+            if state is None or not isinstance(rollout_id, int) or isinstance(rollout_id, bool):
+                continue
+            host = pk.get_db_prep_save(host_id, connection)
+            rows.append([state, progress, host, rollout_id, *in_flight, host,
+                         conn.get_db_prep_save(connection_id, connection)])
+            rollout_ids.add(rollout_id)
+        if not rows:
+            return
+        q = connection.ops.quote_name
+        col = {name: q(self.model._meta.get_field(name).column) for name in ("state", "progress", "host", "rollout")}
+        sql = (f"UPDATE {q(self.model._meta.db_table)} SET {col['state']} = %s, "
+               f"{col['progress']} = COALESCE(%s, {col['progress']}) "
+               f"WHERE {col['host']} = %s AND {col['rollout']} = %s "
+               f"AND {col['state']} IN ({', '.join(['%s'] * len(in_flight))}) "
+               f"AND {col['host']} IN (SELECT {q(pk.column)} FROM {q(Host._meta.db_table)} "
+               f"WHERE {q(pk.column)} = %s AND {q(conn.column)} = %s)")
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, rows)
+        rollouts = list(Rollout.objects.filter(pk__in=rollout_ids).only("pk", "organization_id", "group_id"))
+        transaction.on_commit(lambda: [r.broadcast() for r in rollouts])
+
     def report_event(self, host_id, kind: str, data: dict) -> "RolloutHost | None":
         """Apply an agent's update event to its rollout entry; returns it when something changed."""
         outcome = AGENT_EVENT_OUTCOMES.get(kind)

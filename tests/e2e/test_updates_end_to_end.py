@@ -92,7 +92,7 @@ def test_promoting_a_release_updates_every_host_with_usr_a_and_b_flipped(stack, 
         parts = usr(host)
         assert host["version"] == "200.0.0"
         assert parts["USR-B"]["active"] and parts["USR-B"]["version"] == "200.0.0"
-        assert parts["USR-B"]["successful"] and parts["USR-B"]["tries"] == 0
+        assert parts["USR-B"]["successful"] and parts["USR-B"]["tries"] == 0, f"{agent.name}: {parts} {host.get('update_status')} seq={host.get('status_seq')}"
         assert parts["USR-B"]["priority"] > parts["USR-A"]["priority"] > 0  # the old one stays for rollback
         assert parts["USR-A"]["version"] == "100.0.0"
         g = disk.read_gpt(agent.disk)  # the disk itself agrees with what was reported

@@ -1,0 +1,115 @@
+"""Update progress in an agent's status frames moves its rollout entry in the heartbeat group commit;
+the frames a replaced socket still delivers change nothing."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from agent import protocol
+from fleetweb.fleet.models import Host
+from fleetweb.fleet.writer import writer
+from fleetweb.updates.choices import HostUpdateState
+from fleetweb.updates.models import RolloutHost
+from tests.conftest import partitions
+from tests.fleetweb.fleet.test_consumers import connect, hello
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def granted(acme, web_group, online_hosts, make_release):
+    """web-00 holds a grant in a running rollout of 101.0.0."""
+    web_group.max_in_flight = 1
+    web_group.save()
+    [host] = online_hosts(1)
+    [rollout] = acme.channels.get(name="stable").publish(make_release("101.0.0"), "alice")
+    rollout.advance()
+    entry = RolloutHost.objects.get(rollout=rollout, host=host)
+    assert entry.state == HostUpdateState.GRANTED
+    return host, entry
+
+
+async def entry_state(entry):
+    fresh = await RolloutHost.objects.aget(pk=entry.pk)
+    return fresh.state, fresh.progress
+
+
+async def until(check, timeout=5.0):
+    for _ in range(int(timeout / 0.02)):
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def status(seq, update_status, rollout=None, progress=None, **extra):
+    fields = {"update_status": update_status, "seq": seq, **extra}
+    if rollout is not None:
+        fields.update(rollout=rollout, target_version="101.0.0")
+    if progress is not None:
+        fields["progress"] = progress
+    return protocol.encode("status", "agent", **fields)
+
+
+async def test_status_frames_move_the_rollout_entry_with_progress_and_the_last_state_of_a_tick_wins(granted):
+    host, entry = granted
+    comm = await connect(host.credential)
+    await comm.send_to(text_data=json.dumps(hello(hostname="web-00")))
+    await comm.receive_from()
+    await comm.send_to(text_data=status(1, "DOWNLOADING", entry.rollout_id, 0.4))
+    await until(lambda: _is(entry, (HostUpdateState.DOWNLOADING, 0.4)))
+    for seq, st in enumerate(("VERIFYING", "FINALIZING", "UPDATED_NEED_REBOOT"), start=2):
+        await comm.send_to(text_data=status(seq, st, entry.rollout_id))
+    await comm.send_to(text_data=protocol.encode("pong", "agent", nonce="n"))  # a frame without progress
+    await until(lambda: _is(entry, (HostUpdateState.NEED_REBOOT, 0.4)))
+    stored = await Host.objects.aget(pk=host.pk)
+    assert (stored.update_status, stored.status_seq) == ("UPDATED_NEED_REBOOT", 4)
+    # a finished entry never moves again, whatever a late frame says
+    await sync_to_async(entry.finish)(HostUpdateState.SUCCEEDED)
+    await comm.send_to(text_data=status(5, "DOWNLOADING", entry.rollout_id, 0.1))
+    await until(lambda: _seq(host, 5))
+    assert await entry_state(entry) == (HostUpdateState.SUCCEEDED, 0.4)
+    await comm.disconnect()
+
+
+async def test_frames_a_replaced_socket_still_delivers_change_neither_the_host_nor_its_rollout_entry(
+        granted, monkeypatch):
+    host, entry = granted
+    monkeypatch.setattr(writer, "tick", 0.3)  # both sockets' frames wait in the same tick
+    old = await connect(host.credential)
+    await old.send_to(text_data=json.dumps(hello(hostname="web-00")))
+    await old.receive_from()
+    await old.send_to(text_data=status(1, "DOWNLOADING", entry.rollout_id, 0.5))
+    await until(lambda: _is(entry, (HostUpdateState.DOWNLOADING, 0.5)), timeout=10)
+
+    # the host rebooted into the new version; its old socket is still draining queued frames
+    new = await connect(host.credential)
+    await new.send_to(text_data=json.dumps(hello(hostname="web-00", boot_id="boot-2", version="101.0.0",
+                                                 partitions=partitions("USR-B", version_b="101.0.0"))))
+    await new.receive_from()
+    good = partitions("USR-B", version_b="101.0.0")
+    good[1]["successful"] = True
+    await new.send_to(text_data=status(1, "IDLE", version="101.0.0", partitions=good))
+    await old.send_to(text_data=status(9, "DOWNLOADING", entry.rollout_id, 0.9, version="100.0.0",
+                                       partitions=partitions()))
+    await until(lambda: _seq(host, 1), timeout=10)
+    await old.send_to(text_data=protocol.encode("pong", "agent", nonce="flush"))
+    await asyncio.sleep(0.8)  # past the tick that holds the old socket's frames
+    stored = await Host.objects.aget(pk=host.pk)
+    assert stored.version == "101.0.0" and stored.status_seq == 1
+    assert [(p["label"], p["active"], p["successful"]) for p in stored.partitions] == [
+        ("USR-A", False, True), ("USR-B", True, True)]
+    assert await entry_state(entry) == (HostUpdateState.DOWNLOADING, 0.5)
+    await old.disconnect()
+    await new.disconnect()
+
+
+async def _is(entry, expected) -> bool:
+    return await entry_state(entry) == expected
+
+
+async def _seq(host, seq) -> bool:
+    return (await Host.objects.aget(pk=host.pk)).status_seq == seq
