@@ -28,12 +28,19 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from fleetweb.core import live  # noqa: E402
 from fleetweb.core.routing import websocket_urlpatterns as ui_routes  # noqa: E402
+from fleetweb.fleet.routing import http_routes  # noqa: E402
 from fleetweb.fleet.routing import websocket_urlpatterns as agent_routes  # noqa: E402
+
+
+async def http(scope, receive, send):
+    app = http_routes.get((scope["method"], scope["path"]), django_asgi_app)
+    return await app(scope, receive, send)
+
 
 # Agents authenticate with a bearer credential and send no Origin header; the dashboard socket
 # is wrapped with sessions and origin validation in its own routing module.
 router = ProtocolTypeRouter({
-    "http": django_asgi_app,
+    "http": http,
     "websocket": URLRouter(agent_routes + ui_routes),
 })
 

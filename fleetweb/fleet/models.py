@@ -5,7 +5,7 @@ import uuid
 from datetime import timedelta
 
 from django.core.exceptions import ValidationError
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -234,28 +234,51 @@ class EnrollmentTokenManager(models.Manager):
 
     def redeem(self, secret: str) -> "EnrollmentToken":
         """Use up one enrollment of the token or raise EnrollmentError.  Call in a transaction."""
-        lookup = secrets.split(secret, "fwe")
-        token = None
-        if lookup:  # lookup is unique: .get() spares the ORDER BY that .first() adds
-            try:
-                token = self.select_related("group__organization").get(lookup=lookup)
-            except self.model.DoesNotExist:
-                pass
-        if token is None or not secrets.matches(secret, token.digest):
-            raise EnrollmentError("token_invalid", "The enrollment token is not valid: check it was copied whole.")
-        if token.revoked_at:
-            raise EnrollmentError("token_revoked", "The enrollment token was revoked: create a new one.")
+        [result] = self.redeem_many([secret])
+        if isinstance(result, EnrollmentError):
+            raise result
+        return result
+
+    def redeem_many(self, secrets_in: list[str]) -> list:
+        """Claim one use per secret, in order; returns per secret its token or the EnrollmentError.
+
+        Call in a transaction: the tokens stay locked until it ends.  A token with N uses left
+        enrolls the first N of a batch and refuses the rest as used up; a refusal uses nothing."""
+        lookups = [secrets.split(secret, "fwe") for secret in secrets_in]
+        found = {t.lookup: t for t in self.select_for_update(of=("self",)).select_related("group__organization")
+                 .filter(lookup__in={lk for lk in lookups if lk})}
         now = timezone.now()
-        if token.expires_at and token.expires_at <= now:
-            raise EnrollmentError("token_expired", "The enrollment token has expired: create a new one.")
-        # Claim one use with a conditional UPDATE so two concurrent enrollments cannot overshoot.
-        qs = self.filter(pk=token.pk, revoked_at__isnull=True)
-        if token.max_uses is not None:
-            qs = qs.filter(uses__lt=token.max_uses)
-        if qs.update(uses=models.F("uses") + 1, last_used=now) != 1:
-            raise EnrollmentError("token_exhausted", "The enrollment token has been used up: create a new one.")
-        token.uses += 1
-        return token
+        results, claimed = [], {}
+        for secret, lookup in zip(secrets_in, lookups, strict=True):
+            token = found.get(lookup) if lookup else None
+            if token is None or not secrets.matches(secret, token.digest):
+                results.append(EnrollmentError("token_invalid",
+                                               "The enrollment token is not valid: check it was copied whole."))
+            elif token.revoked_at:
+                results.append(EnrollmentError("token_revoked", "The enrollment token was revoked: create a new one."))
+            elif token.expires_at and token.expires_at <= now:
+                results.append(EnrollmentError("token_expired", "The enrollment token has expired: create a new one."))
+            elif token.max_uses is not None and token.uses + claimed.get(token.pk, 0) >= token.max_uses:
+                results.append(self._used_up())
+            else:
+                claimed[token.pk] = claimed.get(token.pk, 0) + 1
+                results.append(token)
+        by_pk = {t.pk: t for t in found.values()}
+        for pk, n in claimed.items():
+            token = by_pk[pk]
+            # Conditional, so two processes' batches cannot overshoot even where rows are not locked (SQLite).
+            qs = self.filter(pk=pk, revoked_at__isnull=True)
+            if token.max_uses is not None:
+                qs = qs.filter(uses__lte=token.max_uses - n)
+            if qs.update(uses=models.F("uses") + n, last_used=now) == 1:
+                token.uses += n
+            else:
+                results = [self._used_up() if r is token else r for r in results]
+        return results
+
+    @staticmethod
+    def _used_up() -> EnrollmentError:
+        return EnrollmentError("token_exhausted", "The enrollment token has been used up: create a new one.")
 
 
 class EnrollmentToken(models.Model):
@@ -307,46 +330,92 @@ class EnrollmentToken(models.Model):
 # ---------------------------------------------------------------------------------------------
 
 class HostManager(models.Manager):
-    @transaction.atomic
-    def register(self, token_secret: str, *, machine_id: str, hostname: str, agent_version: str = "",
-                 boot_id: str = "", version: str | None = None, partitions: list | None = None,
-                 channel: str | None = None, reboot_strategy: str | None = None,
-                 address: str | None = None) -> tuple["Host", str]:
-        """Enroll a host with a token; returns the host and its credential (shown once).
+    REGISTER_FIELDS = ("group", "hostname", "agent_version", "boot_id", "version", "partitions", "channel",
+                       "reboot_strategy", "address", "policy_revision")
 
-        A machine that registers again (re-imaged, new state dir) keeps its host record; its old
-        credentials are revoked.
+    def register(self, token: str, **fields) -> tuple["Host", str]:
+        """Enroll one host with a token (``register_many`` of one); raises EnrollmentError."""
+        [result] = self.register_many([{"token": token, **fields}])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def register_many(self, requests: list[dict]) -> list:
+        """Enroll hosts: each request holds ``token``, ``machine_id``, ``hostname`` and optionally
+        ``agent_version``, ``boot_id``, ``version``, ``partitions``, ``channel``, ``reboot_strategy``,
+        ``address``.  Returns per request ``(host, credential)`` (the credential is shown once) or
+        the EnrollmentError that refused it.
+
+        A batch costs a handful of statements whatever its size (enrollment is hot when a fleet is
+        provisioned).  A machine that registers again (re-imaged, new state dir, or twice in one
+        batch) keeps its host record and only its newest credential is valid.  Should another
+        process enroll one of the new machines first, the batch is redone one request at a time.
         """
-        token = EnrollmentToken.objects.redeem(token_secret)
-        now = timezone.now()
-        # One INSERT for a new machine (no get_or_create savepoint + UPDATE: enrollment is hot).
-        # Two first registrations of one machine racing: the loser's unique violation rolls back.
         try:
-            host = self.select_for_update().get(organization_id=token.organization_id, machine_id=machine_id)
-        except self.model.DoesNotExist:
-            host = None
-        created = host is None
-        if created:
-            host = self.model(organization_id=token.organization_id, machine_id=machine_id, registered_at=now)
-        host.group = token.group
-        host.hostname = hostname
-        host.agent_version = agent_version
-        host.boot_id = boot_id
-        host.version = version or ""
-        host.partitions = partitions or []
-        host.channel = channel or ""
-        host.reboot_strategy = reboot_strategy or ""
-        host.address = address
-        host.policy_revision = 0
-        host.save(force_insert=created)
-        if not created:
-            HostCredential.objects.filter(host=host, revoked_at__isnull=True).update(revoked_at=now)
-        new = secrets.new_secret("fwh")
-        HostCredential.objects.create(host=host, lookup=new.lookup, digest=new.digest)
-        Event.objects.record(token.organization_id, EventKind.REGISTERED,
-                             f"Host {hostname} {'registered' if created else 're-registered'} in group {token.group.name}",
-                             host=host, group=token.group, data={"token": token.lookup, "machine_id": machine_id})
-        return host, new.secret
+            with transaction.atomic():
+                return self._register_batch(requests)
+        except IntegrityError:
+            if len(requests) == 1:
+                raise
+        out = []
+        for request in requests:
+            try:
+                with transaction.atomic():
+                    out.extend(self._register_batch([request]))
+            except IntegrityError as exc:
+                out.append(exc)
+        return out
+
+    def _register_batch(self, requests: list[dict]) -> list:
+        tokens = EnrollmentToken.objects.redeem_many([r["token"] for r in requests])
+        accepted = [(i, r, t) for i, (r, t) in enumerate(zip(requests, tokens, strict=True))
+                    if isinstance(t, EnrollmentToken)]
+        results: list = list(tokens)
+        if not accepted:
+            return results
+        now = timezone.now()
+        machines = {(t.organization_id, r["machine_id"]) for _, r, t in accepted}
+        known = {(h.organization_id, h.machine_id): h for h in self.select_for_update().filter(
+            organization_id__in={org for org, _ in machines}, machine_id__in={m for _, m in machines})}
+        created, updated, newest, credentials, events = {}, {}, {}, [], []
+        for i, r, token in accepted:
+            key = (token.organization_id, r["machine_id"])
+            host = known.get(key)
+            first = host is None
+            if first:
+                host = known[key] = created[key] = self.model(organization_id=token.organization_id,
+                                                              machine_id=r["machine_id"], registered_at=now)
+            elif key not in created:
+                updated[host.pk] = host
+            host.group = token.group
+            host.hostname = r["hostname"]
+            host.agent_version = r.get("agent_version") or ""
+            host.boot_id = r.get("boot_id") or ""
+            host.version = r.get("version") or ""
+            host.partitions = r.get("partitions") or []
+            host.channel = r.get("channel") or ""
+            host.reboot_strategy = r.get("reboot_strategy") or ""
+            host.address = r.get("address")
+            host.policy_revision = 0
+            if key in newest:  # registered twice in this batch: the earlier credential is void
+                newest[key].revoked_at = now
+            new = secrets.new_secret("fwh")
+            newest[key] = HostCredential(host=host, lookup=new.lookup, digest=new.digest, created=now)
+            credentials.append(newest[key])
+            events.append(Event(
+                organization_id=token.organization_id, kind=EventKind.REGISTERED, host=host, group=token.group,
+                created=now, data={"token": token.lookup, "machine_id": r["machine_id"]},
+                message=f"Host {host.hostname} {'registered' if first else 're-registered'} in group {token.group.name}"))
+            results[i] = (host, new.secret)
+        self.bulk_create(created.values())
+        for host in updated.values():  # re-registrations are rare: one UPDATE each
+            host.save(update_fields=self.REGISTER_FIELDS)
+        if updated:
+            HostCredential.objects.filter(host_id__in=list(updated), revoked_at__isnull=True).update(revoked_at=now)
+        HostCredential.objects.bulk_create(credentials)
+        Event.objects.bulk_create(events)
+        transaction.on_commit(lambda: [e.broadcast() for e in events])
+        return results
 
     HELLO_FIELDS = ("hostname", "boot_id", "agent_version", "version", "partitions", "update_status", "channel",
                     "reboot_strategy", "policy_revision", "online", "connection_id", "last_seen")

@@ -165,23 +165,26 @@ class AckWriter(TickWriter):
             transaction.on_commit(lambda: [live.to_ui(org, {"kind": "host", "host": str(h)}) for org, h in notices])
 
 
-class HelloBatcher:
-    """Hellos that arrive within one short tick are recorded together (``Host.objects.connect_many``)
-    and each consumer gets its own answer.  Unlike the writers above the caller waits: the hello's
-    answer is the policy."""
+class Batcher:
+    """Requests that arrive together are handled in one transaction and each caller awaits its own
+    answer (unlike the writers above, whose callers do not wait).  With ``tick`` 0 a batch starts
+    at once and whatever arrives while it runs forms the next one: no added latency when idle,
+    large batches under load."""
 
-    def __init__(self, tick: float = 0.01):
-        self.tick = tick
+    tick = 0.0
+    limit = 1000
+
+    def __init__(self):
         self._pending: list = []
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def connect(self, host_id, connection_id, msg: dict):
+    async def submit(self, item):
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._loop, self._task, self._pending = loop, None, []
         fut = loop.create_future()
-        self._pending.append((host_id, connection_id, msg, fut))
+        self._pending.append((item, fut))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run())
         return await fut
@@ -189,19 +192,33 @@ class HelloBatcher:
     async def _run(self) -> None:
         while self._pending:
             await asyncio.sleep(self.tick)
-            batch, self._pending = self._pending[:1000], self._pending[1000:]
+            batch, self._pending = self._pending[:self.limit], self._pending[self.limit:]
             try:
-                results = await database_sync_to_async(self._write)([b[:3] for b in batch])
+                results = await database_sync_to_async(self._write)([item for item, _ in batch])
             except Exception as exc:
-                log.exception("recording %d hellos failed", len(batch))
+                log.exception("%s: a batch of %d failed", type(self).__name__, len(batch))
                 results = [exc] * len(batch)
-            for (_h, _c, _m, fut), result in zip(batch, results, strict=True):
+            for (_item, fut), result in zip(batch, results, strict=True):
                 if fut.done():
                     continue
                 if isinstance(result, BaseException):
                     fut.set_exception(result)
                 else:
                     fut.set_result(result)
+
+    @staticmethod
+    def _write(items: list) -> list:
+        raise NotImplementedError
+
+
+class HelloBatcher(Batcher):
+    """Hellos within one short tick are recorded together (``Host.objects.connect_many``); the
+    answer each consumer waits for is its policy."""
+
+    tick = 0.01
+
+    async def connect(self, host_id, connection_id, msg: dict):
+        return await self.submit((host_id, connection_id, msg))
 
     @staticmethod
     def _write(hellos: list) -> list:
@@ -211,6 +228,19 @@ class HelloBatcher:
         return Host.objects.connect_many(hellos)
 
 
+class RegistrationBatcher(Batcher):
+    """Enrollments (``Host.objects.register_many``): the answer is ``(host, credential)`` or the
+    EnrollmentError; 32 agents enrolling at once cost one transaction, not 32."""
+
+    @staticmethod
+    def _write(requests: list) -> list:
+        from .models import Host
+
+        close_old_connections()
+        return Host.objects.register_many(requests)
+
+
 writer = StatusWriter()
 acks = AckWriter()
 hellos = HelloBatcher()
+registrations = RegistrationBatcher()

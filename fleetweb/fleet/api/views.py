@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import logging
 from datetime import timedelta
 
 from django.db import transaction
@@ -30,6 +32,8 @@ from .serializers import (
     annotate_groups,
 )
 
+log = logging.getLogger(__name__)
+
 # ---------------------------------------------------------------------------------------------
 # Agent registration
 # ---------------------------------------------------------------------------------------------
@@ -48,8 +52,20 @@ def client_address(request) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
 
 
+def registered(host, credential: str) -> dict:
+    return {"host_id": str(host.pk), "credential": credential, "ws_url": agent_ws_url(),
+            "group": host.group.slug, "org": host.group.organization.slug}
+
+
+# The answer holds a secret: no cache may keep it.
+NO_STORE = {"Cache-Control": "no-store"}
+
+
 class RegisterView(APIView):
-    """Trade an enrollment token for a host credential (the token is the only authentication)."""
+    """Trade an enrollment token for a host credential (the token is the only authentication).
+
+    Under ASGI, POSTs reach ``register_endpoint`` below (the same body validation, model call and
+    answers, batched); this view serves the schema, WSGI and the test client."""
 
     authentication_classes: list = []
     permission_classes = [permissions.AllowAny]
@@ -66,18 +82,68 @@ class RegisterView(APIView):
     def post(self, request):
         body = RegisterSerializer(data=request.data)
         body.is_valid(raise_exception=True)  # before the token is redeemed: a bad body uses nothing up
-        data = body.validated_data
-        try:  # one transaction: a failure after the token is redeemed gives the use back
-            host, credential = Host.objects.register(
-                data["token"], machine_id=data["machine_id"], hostname=data["hostname"],
-                agent_version=data["agent_version"], boot_id=data["boot_id"], version=data["version"],
-                partitions=data["partitions"], channel=data["channel"],
-                reboot_strategy=data["reboot_strategy"], address=client_address(request))
+        try:
+            host, credential = Host.objects.register(**body.validated_data, address=client_address(request))
         except EnrollmentError as exc:
             raise TokenRejected(exc) from None
-        return Response({"host_id": str(host.pk), "credential": credential, "ws_url": agent_ws_url(),
-                         "group": host.group.slug, "org": host.group.organization.slug},
-                        status=status.HTTP_201_CREATED)
+        return Response(registered(host, credential), status=status.HTTP_201_CREATED, headers=NO_STORE)
+
+
+MAX_REGISTER_BODY = 64 * 1024
+
+
+async def register_endpoint(scope, receive, send) -> None:
+    """POST /api/v1/agents/register as a bare ASGI app: no session, CSRF or auth middleware (the
+    token is the only authentication), and enrollments that arrive together share a transaction
+    (``writer.registrations``).  Errors have the API's shape, produced by the same handler."""
+    from fleetweb.core.api import exception_handler
+
+    from ..writer import registrations
+
+    async def answer(code: int, data: dict, headers: dict | None = None) -> None:
+        payload = json.dumps(data, separators=(",", ":")).encode()
+        head = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                (b"x-content-type-options", b"nosniff"),
+                *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items())]
+        await send({"type": "http.response.start", "status": code, "headers": head})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def refuse(exc: exceptions.APIException) -> None:
+        response = exception_handler(exc, {})
+        await answer(response.status_code, response.data)
+
+    raw, more = bytearray(), True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        raw += message.get("body", b"")
+        more = message.get("more_body", False)
+        if len(raw) > MAX_REGISTER_BODY:
+            return await answer(413, {"detail": f"The request body is larger than {MAX_REGISTER_BODY} bytes.",
+                                      "errors": {}})
+    headers = dict(scope.get("headers") or ())
+    media = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip()
+    if media != "application/json":
+        return await refuse(exceptions.UnsupportedMediaType(media))
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:  # UnicodeDecodeError included
+        return await refuse(exceptions.ParseError(f"JSON parse error - {exc}"))
+    body = RegisterSerializer(data=data)  # plain fields: validation touches no database
+    if not body.is_valid():
+        return await refuse(exceptions.ValidationError(body.errors))
+    client = scope.get("client")
+    try:
+        host, credential = await registrations.submit({**body.validated_data,
+                                                       "address": client[0] if client else None})
+    except EnrollmentError as exc:
+        return await refuse(TokenRejected(exc))
+    except Exception:
+        log.exception("registration failed")
+        return await answer(500, {"detail": "The registration could not be stored (nothing was): try again.",
+                                  "errors": {}})
+    await answer(201, registered(host, credential), NO_STORE)
 
 
 # ---------------------------------------------------------------------------------------------

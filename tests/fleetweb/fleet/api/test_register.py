@@ -141,7 +141,7 @@ def test_it_stores_nothing_when_the_host_cannot_be_written(token, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(HostCredential.objects, "create", boom)
+    monkeypatch.setattr(HostCredential.objects, "bulk_create", boom)
     before = snapshot(token)
     with pytest.raises(RuntimeError):
         APIClient().post(URL, body(token.secret), format="json")
