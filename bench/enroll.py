@@ -193,9 +193,12 @@ def hosts_list(port: int, sizes: list[int], samples: int) -> dict:
         log(f"hosts list: seeding up to {n} hosts ...")
         seed_hosts(boot["org"], boot["group"], n - have, credentials=False, prefix=f"l{n}-")
         have = n
-        if connection.vendor == "postgresql":  # as autovacuum would: stale stats after a bulk insert
-            with connection.cursor() as cur:   # make the planner sort 10,000 rows instead of using the index
-                cur.execute("ANALYZE fleet_host")
+        if connection.vendor == "postgresql":
+            # What autovacuum does after a bulk insert (PostgreSQL 13+ vacuums on inserts too): stale
+            # statistics make the planner sort 10,000 rows instead of using the index, and without the
+            # visibility map the paginator's COUNT(*) reads the heap (21 ms instead of 4 ms at 100k).
+            with connection.cursor() as cur:
+                cur.execute("VACUUM ANALYZE fleet_host")
 
         async def probe():
             times = []

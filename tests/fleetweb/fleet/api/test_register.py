@@ -35,6 +35,7 @@ def test_it_registers_a_host_and_returns_its_credential(token, settings):
     settings.FLEET_PUBLIC_URL = "https://fleet.example.com"
     r = APIClient().post(URL, body(token.secret), format="json", REMOTE_ADDR="10.1.2.3")
     assert r.status_code == 201, r.content
+    assert r["Cache-Control"] == "no-store"  # the answer holds a secret
     data = r.json()
     assert set(data) == {"host_id", "credential", "ws_url", "group", "org"}
     assert data["ws_url"] == "wss://fleet.example.com/ws/agent/"
