@@ -249,8 +249,12 @@ class Agent:
             return SESSION_DROPPED
         finally:
             for task in (stop, rebooting, heartbeat, recv):
-                if task is not None and not task.done():
+                if task is None:
+                    continue
+                if not task.done():
                     task.cancel()
+                elif not task.cancelled():
+                    task.exception()  # a receive that ended with the socket we closed: expected, not logged
 
     async def heartbeat_loop(self) -> None:
         while True:
