@@ -45,3 +45,42 @@ def test_it_gives_an_offline_host_the_new_policy_when_it_reconnects(stack):
     agent.start()
     wait_for(lambda: "GROUP=alpha" in agent.update_conf(), timeout=20, what="policy applied on reconnect")
     wait_for(lambda: stack.host(agent.host_id)["policy_applied"], timeout=10, what="ack recorded")
+
+
+def test_agent_register_against_the_real_server_exits_with_a_code_per_refusal_and_nothing_is_stored(stack):
+    """The agent's exit codes (DESIGN §3) from the server's real answers, through uvicorn."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from agent import config as cfg
+    from fleetweb.fleet.models import EnrollmentToken
+
+    group_id = stack.api.get("/api/v1/groups/").json()["results"][0]["id"]
+
+    def issue(**kw) -> dict:
+        r = stack.api.post("/api/v1/tokens/", json={"group": group_id, **kw})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    once = issue(max_uses=1, name="single use")
+    revoked = issue(name="revoked")
+    assert stack.api.post(f"/api/v1/tokens/{revoked['id']}/revoke").status_code == 200
+    expired = issue(name="expired")
+    EnrollmentToken.objects.filter(pk=expired["id"]).update(expires_at=timezone.now() - timedelta(minutes=1))
+
+    assert stack.new_agent("first").register(once["token"]).returncode == 0
+    hosts_before = stack.api.get("/api/v1/hosts/").json()["count"]
+    cases = [("used up", once["token"], cfg.EXIT_TOKEN_EXHAUSTED, "used up"),
+             ("revoked", revoked["token"], cfg.EXIT_TOKEN_REVOKED, "revoked"),
+             ("expired", expired["token"], cfg.EXIT_TOKEN_EXPIRED, "expired"),
+             ("wrong", once["token"][:-4] + "AAAA", cfg.EXIT_TOKEN_INVALID, "not valid")]
+    for name, token, code, words in cases:
+        agent = stack.new_agent(f"refused-{name.replace(' ', '-')}")
+        res = agent.register(token)
+        assert res.returncode == code, (name, res.returncode, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1 and words in res.stderr, (name, res.stderr)
+        assert not (agent.state_dir / "agent.json").exists()
+    assert stack.api.get("/api/v1/hosts/").json()["count"] == hosts_before
+    uses = {t["id"]: t["uses"] for t in stack.api.get("/api/v1/tokens/").json()["results"]}
+    assert (uses[once["id"]], uses[revoked["id"]], uses[expired["id"]]) == (1, 0, 0)
