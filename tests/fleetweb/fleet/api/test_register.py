@@ -13,13 +13,6 @@ from tests.conftest import partitions
 URL = "/api/v1/agents/register"
 
 
-@pytest.fixture
-def token(web_group):
-    token, secret = EnrollmentToken.objects.issue(web_group, max_uses=5)
-    token.secret = secret
-    return token
-
-
 def body(secret, **kw):
     return {"token": secret, "machine_id": "a" * 32, "hostname": "node-1", "boot_id": "b" * 32,
             "agent_version": "0.1.0", "version": "100.0.0", "partitions": partitions(),
@@ -78,14 +71,8 @@ def test_it_re_registers_the_same_machine_and_revokes_the_old_credential(token):
     assert Event.objects.filter(kind="registered").count() == 2
 
 
-@pytest.mark.parametrize("case, status, code", [
-    ("wrong", 401, "token_invalid"),
-    ("garbage", 401, "token_invalid"),
-    ("expired", 403, "token_expired"),
-    ("revoked", 403, "token_revoked"),
-    ("used_up", 403, "token_exhausted"),
-])
-def test_it_refuses_a_bad_token_and_stores_nothing(token, case, status, code):
+def spoil(token, case: str) -> str:
+    """Make ``token`` unusable as ``case`` says; returns the secret to present."""
     secret = token.secret
     if case == "wrong":
         secret = secret[:-4] + "AAAA"
@@ -97,6 +84,21 @@ def test_it_refuses_a_bad_token_and_stores_nothing(token, case, status, code):
         token.revoke()
     elif case == "used_up":
         EnrollmentToken.objects.filter(pk=token.pk).update(max_uses=2, uses=2)
+    return secret
+
+
+BAD_TOKENS = [
+    ("wrong", 401, "token_invalid"),
+    ("garbage", 401, "token_invalid"),
+    ("expired", 403, "token_expired"),
+    ("revoked", 403, "token_revoked"),
+    ("used_up", 403, "token_exhausted"),
+]
+
+
+@pytest.mark.parametrize("case, status, code", BAD_TOKENS)
+def test_it_refuses_a_bad_token_and_stores_nothing(token, case, status, code):
+    secret = spoil(token, case)
     before = snapshot(token)
     r = APIClient().post(URL, body(secret), format="json")
     assert r.status_code == status, r.content

@@ -10,19 +10,12 @@ from asgiref.sync import sync_to_async
 from channels.testing import HttpCommunicator
 
 from fleetweb.asgi import application
-from fleetweb.fleet.models import EnrollmentToken, Event, Host, HostCredential
+from fleetweb.fleet.models import Event, Host, HostCredential
 
-from .test_register import body
+from .test_register import BAD_TOKENS, body, spoil
 
 pytestmark = pytest.mark.django_db(transaction=True)
 URL = "/api/v1/agents/register"
-
-
-@pytest.fixture
-def token(web_group):
-    token, secret = EnrollmentToken.objects.issue(web_group, max_uses=5)
-    token.secret = secret
-    return token
 
 
 async def post(data, content_type="application/json", raw: bytes | None = None) -> tuple[int, dict, dict]:
@@ -54,29 +47,9 @@ async def test_it_registers_a_host_and_answers_like_the_api(token, settings):
     assert await snapshot(token) == (1, 1, 1, 1)
 
 
-@pytest.mark.parametrize("case, status, code", [
-    ("wrong", 401, "token_invalid"),
-    ("garbage", 401, "token_invalid"),
-    ("expired", 403, "token_expired"),
-    ("revoked", 403, "token_revoked"),
-    ("used_up", 403, "token_exhausted"),
-])
+@pytest.mark.parametrize("case, status, code", BAD_TOKENS)
 async def test_it_refuses_a_bad_token_with_the_code_the_agent_maps_and_stores_nothing(token, case, status, code):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    secret = token.secret
-    if case == "wrong":
-        secret = secret[:-4] + "AAAA"
-    elif case == "garbage":
-        secret = "not-a-token"
-    elif case == "expired":
-        await EnrollmentToken.objects.filter(pk=token.pk).aupdate(expires_at=timezone.now() - timedelta(seconds=1))
-    elif case == "revoked":
-        await sync_to_async(token.revoke)()
-    elif case == "used_up":
-        await EnrollmentToken.objects.filter(pk=token.pk).aupdate(max_uses=2, uses=2)
+    secret = await sync_to_async(spoil)(token, case)
     before = await snapshot(token)
     got, data, _ = await post(body(secret))
     assert got == status, data
