@@ -530,6 +530,12 @@ class RolloutHostManager(models.Manager):
         grants = self.in_flight_for_hosts([host_id])
         return grants[0] if grants else None
 
+    @staticmethod
+    def _progress(state: str, progress: float | None) -> float | None:
+        """Download progress to store with a state: past DOWNLOADING the download is complete (its last
+        percentage may have been merged away with the frames of one heartbeat tick)."""
+        return progress if state == HostUpdateState.DOWNLOADING else 1.0
+
     def report_status(self, host_id, rollout_id: int, update_status: str, progress: float | None) -> bool:
         from .choices import AGENT_STATUS_TO_STATE
 
@@ -537,7 +543,7 @@ class RolloutHostManager(models.Manager):
         rh = self.filter(host_id=host_id, rollout_id=rollout_id).first()
         if state is None or rh is None:
             return False
-        moved = rh.move(state, progress)
+        moved = rh.move(state, self._progress(state, progress))
         if moved:
             transaction.on_commit(lambda: rh.rollout.broadcast())
         return moved
@@ -562,7 +568,7 @@ class RolloutHostManager(models.Manager):
             if state is None or not isinstance(rollout_id, int) or isinstance(rollout_id, bool):
                 continue
             host = pk.get_db_prep_save(host_id, connection)
-            rows.append([state, progress, host, rollout_id, *in_flight, host,
+            rows.append([state, self._progress(state, progress), host, rollout_id, *in_flight, host,
                          conn.get_db_prep_save(connection_id, connection)])
             rollout_ids.add(rollout_id)
         if not rows:

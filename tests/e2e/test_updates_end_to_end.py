@@ -102,6 +102,7 @@ def test_promoting_a_release_updates_every_host_with_usr_a_and_b_flipped(stack, 
     hosts = rollout_hosts(stack, done["id"])
     assert max_overlap([(ts(h["granted_at"]), ts(h["finished_at"])) for h in hosts]) <= 2
     assert sorted(h["hostname"] for h in hosts) == ["upd-0", "upd-1", "upd-2"]
+    assert [h["progress"] for h in hosts] == [1.0, 1.0, 1.0]  # every download shown complete
     kinds = [e["kind"] for e in stack.api.get("/api/v1/events/", params={"page_size": 500}).json()["results"]]
     assert kinds.count("booted_new_version") == 3 and "rollout_completed" in kinds
 
