@@ -45,7 +45,7 @@ class RolloutPolicyForm(forms.ModelForm):
                   "update_timeout": "Update timeout (s)", "safe_mode": "Safe mode",
                   "failure_threshold": "Failure threshold",
                   "failure_threshold_percent": "Threshold is a percentage"}
-        help_texts = {"updates_enabled": "Off: rollouts to this group wait",
+        help_texts = {"updates_enabled": "Unticked: rollouts to this group wait",
                       "max_in_flight": "Hosts updating at once",
                       "max_updates_per_period": "0 = no limit",
                       "update_period": "The window K counts in",
