@@ -19,6 +19,18 @@ def celery_eager():
     yield
 
 
+@pytest.fixture(autouse=True)
+def close_sync_thread_connections():
+    """Async tests reach the database through asgiref's one shared sync thread, whose connection
+    persists (CONN_MAX_AGE); close it after each test, as a request would, so that the test database
+    can be flushed and finally dropped (PostgreSQL refuses while a session is open)."""
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
+
+
 @pytest.fixture
 def acme(db):
     from fleetweb.tenancy.models import Organization
