@@ -263,11 +263,12 @@ class EnrollmentTokenManager(models.Manager):
             else:
                 claimed[token.pk] = claimed.get(token.pk, 0) + 1
                 results.append(token)
-        by_pk = {t.pk: t for t in found.values()}
-        for pk, n in claimed.items():
-            token = by_pk[pk]
+        for token in found.values():
+            n = claimed.get(token.pk)
+            if not n:
+                continue
             # Conditional, so two processes' batches cannot overshoot even where rows are not locked (SQLite).
-            qs = self.filter(pk=pk, revoked_at__isnull=True)
+            qs = self.filter(pk=token.pk, revoked_at__isnull=True)
             if token.max_uses is not None:
                 qs = qs.filter(uses__lte=token.max_uses - n)
             if qs.update(uses=models.F("uses") + n, last_used=now) == 1:

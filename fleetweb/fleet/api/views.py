@@ -13,12 +13,13 @@ from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from fleetweb.core.api import Conflict
+from fleetweb.core.api import Conflict, exception_handler
 from fleetweb.tenancy.api.base import OrganizationScoped
 from fleetweb.tenancy.choices import Role
 
 from ..filtersets import EnrollmentTokenFilterSet, EventFilterSet, HostFilterSet
 from ..models import EnrollmentError, EnrollmentToken, Event, Group, Host
+from ..writer import registrations
 from .serializers import (
     EnrollmentTokenCreateSerializer,
     EnrollmentTokenSerializer,
@@ -96,9 +97,6 @@ async def register_endpoint(scope, receive, send) -> None:
     """POST /api/v1/agents/register as a bare ASGI app: no session, CSRF or auth middleware (the
     token is the only authentication), and enrollments that arrive together share a transaction
     (``writer.registrations``).  Errors have the API's shape, produced by the same handler."""
-    from fleetweb.core.api import exception_handler
-
-    from ..writer import registrations
 
     async def answer(code: int, data: dict, headers: dict | None = None) -> None:
         payload = json.dumps(data, separators=(",", ":")).encode()
