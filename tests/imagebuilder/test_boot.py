@@ -21,6 +21,7 @@ BANNER = re.compile(r"fleetweb-boot: version=(\S+) usr=(\S+) mounted=(\S+)")
 # Firmware consoles (SeaBIOS sercon, GRUB's gfxterm-less menu) move the cursor in the middle of words:
 # "Welco\x1b[10;05H\x1b[10;06Hme to GRUB!". Match against the text with the terminal codes taken out.
 TERMINAL_CODES = re.compile(r"\x1b(?:\[[0-9;?]*[A-Za-z]|[c()][0-9A-B]?)")
+GRUB_SCREENS = ("GRUB loading", "Welcome to GRUB!", "GNU GRUB  version", "Booting `Fleetweb 4.2.0 (beta)'")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
 
@@ -126,7 +127,12 @@ def test_the_qemu_and_openstack_disks_boot_through_uefi_and_the_ami_raw_through_
         text, took = bios.wait()
         print(f"{bios.name}: {BANNER.search(text).group(0)} after {took:.1f}s")
         assert BANNER.search(text).groups() == ("4.2.0", "USR-A", "ro")
-        assert "GRUB loading" in text and "Welcome to GRUB" in text
+        # GRUB's linux loader puts BOOT_IMAGE first on the command line (no -kernel here, and systemd-boot
+        # does not add it); the kernel prints that line on its own serial driver, so it always arrives.
+        assert "Command line: BOOT_IMAGE=/vmlinuz " in text
+        # GRUB's own screens reach the log through SeaBIOS's serial console, which drops characters when
+        # the host is busy (CI once lost "GRUB loading" and "Welcome to GRUB!"): one of them is enough.
+        assert any(mark in text for mark in GRUB_SCREENS), f"no GRUB screen in {blog}:\n{text[:2000]!r}"
         for boot in (qemu, openstack):
             text, took = boot.wait()
             print(f"{boot.name}: {BANNER.search(text).group(0)} after {took:.1f}s")
