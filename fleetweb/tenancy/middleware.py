@@ -1,15 +1,17 @@
 from __future__ import annotations
 
+from django.utils.deprecation import MiddlewareMixin
+
 from .models import Membership
 
 
-class OrganizationMiddleware:
-    """Sets request.organization and request.role for logged-in users (session picks the org)."""
+class OrganizationMiddleware(MiddlewareMixin):
+    """Sets request.organization and request.role for logged-in users (session picks the org).
 
-    def __init__(self, get_response):
-        self.get_response = get_response
+    Sync and async capable (MiddlewareMixin): one sync-only middleware makes Django run the whole
+    chain, async views included, inside asgiref's shared sync thread (see fleetweb.core.middleware)."""
 
-    def __call__(self, request):
+    def process_request(self, request) -> None:
         request.organization = None
         request.role = None
         user = getattr(request, "user", None)
@@ -20,4 +22,3 @@ class OrganizationMiddleware:
             if m is not None:
                 request.organization = m.organization
                 request.role = m.role
-        return self.get_response(request)

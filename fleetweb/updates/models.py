@@ -459,16 +459,18 @@ class Rollout(models.Model):
 
         with transaction.atomic():
             rollout = Rollout.objects.select_for_update(of=("self",)).select_related("group", "release").get(pk=self.pk)
-            # The clock is read under the lock: a grant must not be stamped before the finish that
-            # freed its slot (the recorded timeline is how the policy is audited).
-            now = now or timezone.now()
             if rollout.status != RolloutStatus.RUNNING:
                 return []
             group = rollout.group
-            timeout_at = now - timedelta(seconds=group.update_timeout)
+            timeout_at = (now or timezone.now()) - timedelta(seconds=group.update_timeout)
             for rh in rollout.hosts.filter(state__in=HostUpdateState.in_flight(), granted_at__lt=timeout_at):
                 rh.finish(HostUpdateState.FAILED, f"no result within the update timeout ({group.update_timeout} s)")
             counts = rollout.counts()
+            # Grants are stamped by a clock read after the counts: a finish those counts saw had
+            # committed, so its finished_at is earlier and a slot is never shown granted before it was
+            # freed (the recorded timeline is how the policy is audited). A finish stamped before the
+            # lock but committed after a clock read here would otherwise overlap its successor.
+            now = now or timezone.now()
             if rollout.failure_threshold_reached(counts):
                 rollout.halt(f"{counts['failed_total']} of {counts['total']} hosts failed "
                              f"(threshold {group.failure_threshold}{'%' if group.failure_threshold_percent else ''})")

@@ -211,7 +211,7 @@ def stack(transactional_db, template_disk, tmp_path) -> Stack:
     boot = json.loads(out.getvalue())
     server = subprocess.Popen(
         [BIN / "uvicorn", "fleetweb.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-         "--ws-max-size", "1048576", "--no-access-log"],
+         "--ws-max-size", "1048576", *([] if os.environ.get("FLEET_TEST_ACCESS_LOG") else ["--no-access-log"])],
         cwd=ROOT, env=env, stdout=open(tmp_path / "server.log", "ab"), stderr=subprocess.STDOUT,
         start_new_session=True)
     api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {boot['api_key']}"}, timeout=10)

@@ -73,3 +73,37 @@ def test_it_bootstraps_a_three_member_cluster_and_refuses_a_fourth(stack):
     finally:
         for proc in procs:
             stop_process(proc)
+
+
+def test_an_open_discovery_watch_does_not_hold_other_requests(stack):
+    """The watch is a long poll (up to 50 s). It once ran inside the shared sync thread (a sync-only
+    middleware kept the whole chain sync), so every other request waited for it to end: etcd's
+    members, which give each request 5 s, failed to bootstrap whenever one of them started waiting
+    before the others had registered."""
+    import threading
+
+    url = httpx.get(f"{stack.url}/discovery/new?size=3", timeout=5).text.strip()
+    assert httpx.put(f"{url}/aaa1?prevExist=false", data={"value": "m1=http://127.0.0.1:1"},
+                     timeout=5).status_code == 201
+    watched = {}
+
+    def watch():
+        watched["answer"] = httpx.get(url, params={"wait": "true", "recursive": "true", "waitIndex": "3"},
+                                      timeout=70)
+
+    waiter = threading.Thread(target=watch)
+    waiter.start()
+    try:
+        # The watch is open: nothing under the token has index 3 yet.
+        wait_for(lambda: httpx.get(f"{stack.url}/healthz", timeout=5).status_code == 200, timeout=10, what="up")
+        # Other requests are answered while it waits (each within etcd's 5 s), and the member one of
+        # them creates is what the watch returns.
+        size = httpx.get(f"{url}/_config/size", timeout=5)
+        assert size.status_code == 200 and size.json()["node"]["value"] == "3"
+        created = httpx.put(f"{url}/aaa2?prevExist=false", data={"value": "m2=http://127.0.0.1:2"}, timeout=5)
+        assert created.status_code == 201, created.text
+    finally:
+        waiter.join(70)
+    answer = watched["answer"]
+    assert answer.status_code == 200
+    assert answer.json()["action"] == "create" and answer.json()["node"]["key"].endswith("/aaa2")
