@@ -6,10 +6,7 @@ from .models import Membership
 
 
 class OrganizationMiddleware(MiddlewareMixin):
-    """Sets request.organization and request.role for logged-in users (session picks the org).
-
-    Sync and async capable (MiddlewareMixin): one sync-only middleware makes Django run the whole
-    chain, async views included, inside asgiref's shared sync thread (see fleetweb.core.middleware)."""
+    """Sets request.organization and request.role for logged-in users (session picks the org)."""
 
     def process_request(self, request) -> None:
         request.organization = None

@@ -1,37 +1,58 @@
-"""The middleware chain stays async under ASGI, and the static files middleware still serves files."""
+"""How HTTP requests are dispatched under ASGI: the middleware chain runs as one sync call, and the
+views that wait (the discovery watch) are served without it, so they never hold the sync thread."""
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from django.conf import settings
-from django.core.handlers.asgi import ASGIHandler
-from django.test import AsyncRequestFactory
-from django.utils.module_loading import import_string
+from asgiref.sync import sync_to_async
+from channels.testing import HttpCommunicator
+
+from fleetweb import asgi
+from fleetweb.cloudconfig.discovery_models import DiscoveryToken
+
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_every_middleware_is_async_capable():
-    # One sync-only middleware and Django runs every request, async long polls included, in the one
-    # shared sync thread (tests/e2e/test_discovery_cluster.py shows what that did to the discovery).
-    sync_only = [path for path in settings.MIDDLEWARE
-                 if not getattr(import_string(path), "async_capable", False)]
-    assert sync_only == [], f"make these async capable (MiddlewareMixin or both modes): {sync_only}"
+async def get(path: str) -> tuple[int, dict, bytes]:
+    comm = HttpCommunicator(asgi.application, "GET", path)
+    response = await comm.get_response(timeout=10)
+    return response["status"], {k.decode().lower(): v.decode() for k, v in response["headers"]}, response["body"]
 
 
-def test_the_asgi_handler_builds_an_async_chain():
-    handler = ASGIHandler()
-    assert asyncio.iscoroutinefunction(handler._middleware_chain)
+@pytest.mark.parametrize("path, waiting", [
+    ("/discovery/" + "a" * 32, True),
+    ("/discovery/" + "0f" * 16 + "/_config/size", True),
+    ("/discovery/new", False),
+    ("/discovery/tokens/", False),
+    ("/discovery/" + "a" * 31, False),
+    ("/api/v1/hosts/", False),
+])
+def test_only_the_discovery_keys_bypass_the_middleware_chain(path, waiting):
+    assert bool(asgi.WAITING_VIEW_PATHS.match(path)) is waiting
 
 
-@pytest.mark.django_db
-def test_a_static_file_is_served_whole_through_the_async_chain():
-    handler = ASGIHandler()
-    request = AsyncRequestFactory().get("/static/css/fleetweb.css")
-    response = asyncio.run(handler._middleware_chain(request))
-    assert response.status_code == 200 and response["Content-Type"].startswith("text/css")
-    assert response.is_async  # read off the event loop, without Django's sync-iterator warning
+def test_the_chain_is_one_awaitable_around_the_sync_middleware():
+    assert asyncio.iscoroutinefunction(asgi.django_asgi_app._middleware_chain)
+    assert asyncio.iscoroutinefunction(asgi.waiting_view_app._middleware_chain)
 
-    async def body():
-        return b"".join([chunk async for chunk in response.streaming_content])
 
-    assert asyncio.run(body()) == (settings.BASE_DIR / "static" / "css" / "fleetweb.css").read_bytes()
+async def test_a_page_goes_through_the_middleware_and_a_discovery_key_does_not():
+    status, headers, _ = await get("/login/")
+    assert status == 200 and headers["x-frame-options"] == "DENY"   # XFrameOptionsMiddleware ran
+    token = await sync_to_async(DiscoveryToken.objects.issue)(3)
+    status, headers, body = await get(f"/discovery/{token.token}/_config/size")
+    assert status == 200 and b'"value": "3"' in body
+    assert "x-frame-options" not in headers and headers["x-etcd-index"] == "1"
+
+
+async def test_a_watch_that_times_out_answers_empty_while_other_requests_are_served(settings):
+    settings.DISCOVERY_WAIT = 5
+    token = await sync_to_async(DiscoveryToken.objects.issue)(3)
+    watch = asyncio.ensure_future(get(f"/discovery/{token.token}?wait=true&recursive=true&waitIndex=2"))
+    await asyncio.sleep(0.3)
+    assert not watch.done()
+    status, _, _ = await get("/login/")             # served while the watch is open
+    assert status == 200 and not watch.done()
+    status, _, body = await watch
+    assert status == 200 and body == b""            # etcd's client asks again with the same index
