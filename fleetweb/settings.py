@@ -204,6 +204,9 @@ FLEET_PAYLOAD_URL_TTL = envint("FLEET_PAYLOAD_URL_TTL", 3600)
 # Agents: heartbeat interval pushed in policy; a host silent for HEARTBEAT*3 is offline.
 FLEET_HEARTBEAT_INTERVAL = envint("FLEET_HEARTBEAT_INTERVAL", 30)
 FLEET_OFFLINE_AFTER = envint("FLEET_OFFLINE_AFTER", FLEET_HEARTBEAT_INTERVAL * 3)
+# Hosts without an agent (stock update_engine speaking Omaha) check every 45 min or so: such a host
+# is online until it has missed about two checks.
+FLEET_OMAHA_OFFLINE_AFTER = envint("FLEET_OMAHA_OFFLINE_AFTER", 7200)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},

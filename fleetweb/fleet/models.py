@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -505,23 +506,26 @@ class HostManager(models.Manager):
             return out
 
     def reap_offline(self, now=None) -> int:
-        """Mark offline every host silent for longer than FLEET_OFFLINE_AFTER."""
+        """Mark offline every host silent for too long: an agent's host (it holds a connection) after
+        FLEET_OFFLINE_AFTER without a heartbeat, a host that only checks in over Omaha after
+        FLEET_OMAHA_OFFLINE_AFTER without a check."""
         from django.conf import settings
 
         now = now or timezone.now()
-        cutoff = now - timedelta(seconds=settings.FLEET_OFFLINE_AFTER)
-        stale = list(self.filter(online=True, last_seen__lt=cutoff).values_list("pk", "organization_id",
-                                                                                  "hostname", "group_id"))
         count = 0
-        for pk, org_id, hostname, group_id in stale:
-            with transaction.atomic():
-                if self.filter(pk=pk, online=True, last_seen__lt=cutoff).update(online=False, connection_id=None):
-                    count += 1
-                    Event.objects.record(org_id, EventKind.WENT_OFFLINE,
-                                         f"Host {hostname} went offline: no heartbeat for "
-                                         f"{settings.FLEET_OFFLINE_AFTER} s",
-                                         host_id=pk, group_id=group_id)
-                    transaction.on_commit(lambda pk=pk, org_id=org_id: _host_changed(org_id, pk))
+        for silent, after, what in (
+                (Q(connection_id__isnull=False), settings.FLEET_OFFLINE_AFTER, "heartbeat"),
+                (Q(connection_id__isnull=True), settings.FLEET_OMAHA_OFFLINE_AFTER, "update check")):
+            stale = self.filter(silent, online=True, last_seen__lt=now - timedelta(seconds=after))
+            for pk, org_id, hostname, group_id in list(stale.values_list("pk", "organization_id", "hostname",
+                                                                         "group_id")):
+                with transaction.atomic():
+                    if stale.filter(pk=pk).update(online=False, connection_id=None):
+                        count += 1
+                        Event.objects.record(org_id, EventKind.WENT_OFFLINE,
+                                             f"Host {hostname} went offline: no {what} for {after} s",
+                                             host_id=pk, group_id=group_id)
+                        transaction.on_commit(lambda pk=pk, org_id=org_id: _host_changed(org_id, pk))
         return count
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import models, transaction
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from agent import signing
@@ -452,9 +452,13 @@ class Rollout(models.Model):
             return counts["total"] > 0 and failed * 100 >= group.failure_threshold * counts["total"]
         return failed >= max(group.failure_threshold, 1)
 
-    def advance(self, now=None) -> list["RolloutHost"]:
+    def advance(self, now=None, checking_host=None) -> list["RolloutHost"]:
         """Time out stuck hosts, halt on failures, grant the next wave.  Safe to run concurrently:
-        the rollout row is locked, and each grant is a conditional UPDATE on the host's row."""
+        the rollout row is locked, and each grant is a conditional UPDATE on the host's row.
+
+        A wave grants hosts that can be told now: an agent's host while it is connected, and
+        CHECKING_HOST, an Omaha host in the middle of its update check (between checks it counts as
+        online but nothing can reach it, and a grant would hold a slot until its next check)."""
         from fleetweb.core import hub
 
         with transaction.atomic():
@@ -489,7 +493,10 @@ class Rollout(models.Model):
                 slots = min(slots, group.max_updates_per_period - recent)
             if slots <= 0:
                 return []
-            candidates = list(rollout.hosts.filter(state=HostUpdateState.PENDING, host__online=True)
+            reachable = Q(host__online=True, host__connection_id__isnull=False)
+            if checking_host is not None:
+                reachable |= Q(host_id=checking_host)
+            candidates = list(rollout.hosts.filter(reachable, state=HostUpdateState.PENDING)
                               .order_by("host__hostname", "id").values_list("pk", flat=True)[:slots])
             granted = []
             for pk in candidates:

@@ -283,9 +283,9 @@ def apply_event(host, app: OmahaApp, event: OmahaEvent) -> str | None:
 def grant_for(host, app: OmahaApp):
     """The in-flight grant to offer on an update check, or None.
 
-    An Omaha host is only "online" while it talks to us, so the rollout's wave cannot pick it up
-    between checks: when it is waiting in a running rollout, the wave runs now (under the group's
-    policy, like any other wave) and may grant it.
+    Nothing reaches an Omaha host between its checks, so the rollout's wave does not pick it up
+    then: when it is waiting in a running rollout, the wave runs now (under the group's policy, like
+    any other wave) and may grant it.
     """
     from .models import Rollout, RolloutHost
 
@@ -296,7 +296,7 @@ def grant_for(host, app: OmahaApp):
                    .values_list("rollout_id", flat=True).first())
         if waiting is None:
             return None
-        Rollout(pk=waiting).advance()
+        Rollout(pk=waiting).advance(checking_host=host.pk)
         entry = RolloutHost.objects.in_flight_for(host.pk)
         if entry is None:
             return None

@@ -1,4 +1,5 @@
 import io
+import uuid
 
 import pytest
 
@@ -26,7 +27,8 @@ def online_hosts(web_group, make_host):
         from fleetweb.fleet.models import Host
 
         hosts = [make_host(web_group, hostname=f"web-{i:02d}", **kw) for i in range(n)]
-        Host.objects.filter(pk__in=[h.pk for h in hosts]).update(online=True)
+        # Connected, as an agent's host: the wave grants only hosts it can tell now.
+        Host.objects.filter(pk__in=[h.pk for h in hosts]).update(online=True, connection_id=uuid.uuid4())
         return hosts
 
     return make

@@ -131,6 +131,21 @@ def test_it_grants_an_omaha_host_waiting_in_a_running_rollout_when_it_checks(
     assert entry_of(host).state == HostUpdateState.GRANTED
 
 
+def test_an_omaha_host_is_online_between_checks_but_only_its_own_check_grants_it(
+        acme, web_group, make_host, release):
+    host = make_host(web_group)
+    app_of(post(request_xml(host.machine_id, updatecheck=False)))      # a ping: seen, nothing to offer
+    host.refresh_from_db()
+    assert host.online and host.connection_id is None
+    # The release goes out between two checks: the wave leaves the host waiting, since nothing
+    # could tell it (a grant would hold the rollout's only slot until the next check).
+    [rollout] = stable(acme).publish(release, "alice")
+    assert entry_of(host).state == HostUpdateState.PENDING
+    assert rollout.advance() == [] and entry_of(host).state == HostUpdateState.PENDING
+    check = app_of(post(request_xml(host.machine_id))).find("updatecheck")
+    assert check.get("status") == "ok" and entry_of(host).state == HostUpdateState.GRANTED
+
+
 def test_it_moves_a_host_through_the_omaha_events_to_succeeded_and_advances_the_rollout(
         acme, web_group, online_hosts, release):
     first, second = online_hosts(2)  # max_in_flight 1: the second waits for the first

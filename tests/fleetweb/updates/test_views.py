@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import uuid
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -39,7 +40,7 @@ def release(org, version, payload=PAYLOAD):
 
 
 def online(host):
-    Host.objects.filter(pk=host.pk).update(online=True)
+    Host.objects.filter(pk=host.pk).update(online=True, connection_id=uuid.uuid4())
     return host
 
 
