@@ -23,12 +23,12 @@ class _SharedSyncThread(contextlib.AbstractAsyncContextManager):
 
 django_asgi.ThreadSensitiveContext = _SharedSyncThread
 
-import re  # noqa: E402
-
 import django  # noqa: E402
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
 
 django.setup(set_prefix=False)
+
+from fleetweb.cloudconfig import discovery  # noqa: E402
 
 
 class FleetASGIHandler(django_asgi.ASGIHandler):
@@ -57,8 +57,7 @@ class WaitingViewHandler(django_asgi.ASGIHandler):
 
 django_asgi_app = FleetASGIHandler()
 waiting_view_app = WaitingViewHandler()
-# etcd's discovery client: /discovery/<token>[/<key>] (GET, also ?wait=true; PUT; DELETE).
-WAITING_VIEW_PATHS = re.compile(r"^/discovery/[0-9a-f]{32}(/|$)")
+WAITING_VIEW_PATHS = discovery.KEYS_PATH
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 

@@ -38,7 +38,11 @@ from django.views.decorators.csrf import csrf_exempt
 
 from .discovery_models import MAX_SIZE, DiscoveryError, DiscoveryMember, DiscoveryToken
 
-TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")
+TOKEN = r"[0-9a-f]{32}"
+TOKEN_RE = re.compile(rf"^{TOKEN}$")
+# The paths ``keys`` serves: etcd's client (GET, also ?wait=true; PUT; DELETE). The ASGI router sends
+# them past the middleware chain, since a watch waits (fleetweb.asgi.WaitingViewHandler).
+KEYS_PATH = re.compile(rf"^/discovery/{TOKEN}(/|$)")
 MEMBER_RE = re.compile(r"^[0-9A-Za-z]{1,32}$")
 POLL_SECONDS = 0.25
 

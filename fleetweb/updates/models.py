@@ -472,8 +472,7 @@ class Rollout(models.Model):
             counts = rollout.counts()
             # Grants are stamped by a clock read after the counts: a finish those counts saw had
             # committed, so its finished_at is earlier and a slot is never shown granted before it was
-            # freed (the recorded timeline is how the policy is audited). A finish stamped before the
-            # lock but committed after a clock read here would otherwise overlap its successor.
+            # freed (the recorded timeline is how the policy is audited).
             now = now or timezone.now()
             if rollout.failure_threshold_reached(counts):
                 rollout.halt(f"{counts['failed_total']} of {counts['total']} hosts failed "
