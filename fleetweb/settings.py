@@ -208,6 +208,34 @@ FLEET_OFFLINE_AFTER = envint("FLEET_OFFLINE_AFTER", FLEET_HEARTBEAT_INTERVAL * 3
 # is online until it has missed about two checks.
 FLEET_OMAHA_OFFLINE_AFTER = envint("FLEET_OMAHA_OFFLINE_AFTER", 7200)
 
+# --- Security (issue 9). One block per area, so that each can change alone. ----------------------
+# login and API-key throttling, password policy (django-axes)
+# (sec-login)
+
+# browser and session hardening (HTTPS, HSTS, cookies, ALLOWED_HOSTS)
+# (sec-browser)
+
+# request body limits, read while streaming
+# (sec-body)
+
+# etcd discovery service
+# (sec-discovery)
+
+# Omaha URLs
+# (sec-omaha)
+
+# re-enrollment and revocation
+# (sec-enroll)
+
+# cloud-config document budget, per-connection agent rate limits
+# (sec-yaml)
+
+# etcd least privilege
+# (sec-etcd)
+
+# agent trust
+# (sec-agent)
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
 ]

@@ -69,6 +69,17 @@ class EventKind(models.TextChoices):
     ETCD_PROVISIONED = "etcd_provisioned", "etcd account provisioned"
     # host configuration
     CLOUD_CONFIG_APPLIED = "cloud_config_applied", "Cloud-config applied"
+    # security: secrets, credentials and enrollment
+    CREDENTIAL_REVOKED = "credential_revoked", "Agent credential revoked"
+    REENROLLMENT_ALLOWED = "reenrollment_allowed", "Re-enrollment allowed"
+    REENROLLMENT_REFUSED = "reenrollment_refused", "Re-enrollment refused"
+    OMAHA_URL_ROTATED = "omaha_url_rotated", "Omaha URL rotated"
+    OMAHA_URL_REVOKED = "omaha_url_revoked", "Omaha URL revoked"
+    FLEETLOCK_REVOKED = "fleetlock_revoked", "FleetLock URL revoked"
+    CLOUD_CONFIG_URL_ROTATED = "cloud_config_url_rotated", "Cloud-config URL rotated"
+    CLOUD_CONFIG_URL_REVOKED = "cloud_config_url_revoked", "Cloud-config URL revoked"
+    ETCD_ROTATED = "etcd_rotated", "etcd credentials rotated"
+    ETCD_ACCESS_REVOKED = "etcd_access_revoked", "etcd access revoked"
 
     @classmethod
     def colour(cls, kind: str) -> str:
@@ -85,4 +96,8 @@ class EventKind(models.TextChoices):
             cls.LOCK_UNLOCKED: "purple", cls.LOCK_SET_MAX: "purple", cls.LOCK_STUCK: "red",
             cls.FLEETLOCK_ROTATED: "blue", cls.ETCD_PROVISIONED: "blue", cls.CLOUD_CONFIG_APPLIED: "green",
             cls.SIGNING_KEY_ROTATED: "purple", cls.KEY_ROTATED: "purple",
+            cls.CREDENTIAL_REVOKED: "red", cls.REENROLLMENT_ALLOWED: "orange", cls.REENROLLMENT_REFUSED: "red",
+            cls.OMAHA_URL_ROTATED: "blue", cls.OMAHA_URL_REVOKED: "orange", cls.FLEETLOCK_REVOKED: "orange",
+            cls.CLOUD_CONFIG_URL_ROTATED: "blue", cls.CLOUD_CONFIG_URL_REVOKED: "orange",
+            cls.ETCD_ROTATED: "blue", cls.ETCD_ACCESS_REVOKED: "red",
         }.get(kind, "grey")
