@@ -9,6 +9,10 @@ import pytest
 from rest_framework.test import APIClient
 
 
+# The personas' password: long enough for the password validators (tests log in with it).
+PASSWORD = "persona-passphrase-7"
+
+
 @pytest.fixture(autouse=True, scope="session")
 def celery_eager():
     """In-process tests run Celery tasks inline; the end-to-end tests start a real worker."""
@@ -50,7 +54,7 @@ def _member(org, username, role):
 
     from fleetweb.tenancy.models import ApiKey, Membership
 
-    user = User.objects.create_user(username, password="password123")
+    user = User.objects.create_user(username, password=PASSWORD)
     Membership.objects.create(organization=org, user=user, role=role)
     _, secret = ApiKey.objects.issue(org, f"{username}-key", role, created_by=user)
     client = APIClient()

@@ -5,6 +5,7 @@ import pytest
 from django.test import Client
 
 from fleetweb.fleet.models import Event
+from tests.conftest import PASSWORD
 
 
 def login(persona):
@@ -22,7 +23,7 @@ def test_it_requires_login(db, url):
 def test_login_page_renders_and_logs_in(alice):
     client = Client()
     assert "Log in" in client.get("/login/").content.decode()
-    response = client.post("/login/", {"username": "alice", "password": "password123"})
+    response = client.post("/login/", {"username": "alice", "password": PASSWORD})
     assert response.status_code == 302 and response["Location"] == "/"
     assert client.get("/").status_code == 200
     assert client.post("/logout/").status_code == 302
@@ -60,5 +61,5 @@ def test_a_user_without_organization_is_refused(db):
     from django.contrib.auth.models import User
 
     client = Client()
-    client.force_login(User.objects.create_user("nobody", password="password123"))
+    client.force_login(User.objects.create_user("nobody", password=PASSWORD))
     assert client.get("/").status_code == 403
