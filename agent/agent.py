@@ -41,7 +41,7 @@ from agent.config import (
     save_state,
     store_etcd_policy,
 )
-from agent.connection import AuthRejected, Backoff, Connection, State, is_auth_close
+from agent.connection import AuthRejected, Backoff, Connection, State, close_code, is_auth_close
 from agent.host import DiskMissing
 from agent.updater import NEED_REBOOT, UpdateEngine
 from agent.window import parse_window
@@ -161,11 +161,12 @@ class Agent:
             except (OSError, asyncio.TimeoutError, ConnectionClosed, InvalidHandshake, InvalidURI) as exc:
                 if is_auth_close(exc):
                     if self.once:
-                        raise AgentError("the server closed the connection: credential not accepted (4401); "
-                                         "register again", EXIT_UNAUTHORIZED) from None
+                        raise AgentError(f"the server closed the connection: credential not accepted "
+                                         f"({close_code(exc)}); register again", EXIT_UNAUTHORIZED) from None
                     delay = self.backoff.auth_delay()
-                    log.error("server closed with %s (unauthorized); not retrying at full speed",
-                              protocol.CLOSE_UNAUTHORIZED)
+                    log.error("server closed with %s (%s); not retrying at full speed", close_code(exc),
+                              "replaced by a newer connection" if close_code(exc) == protocol.CLOSE_REPLACED
+                              else "credential not accepted")
                 else:
                     if self.once:
                         raise AgentError(f"cannot talk to the server at {self.config.ws_url}: "

@@ -51,6 +51,7 @@ EXIT_TOKEN_EXPIRED = 11
 EXIT_TOKEN_REVOKED = 12
 EXIT_TOKEN_EXHAUSTED = 13
 EXIT_REGISTER_REJECTED = 14    # another 4xx from the register endpoint
+EXIT_HOST_EXISTS = 15          # the machine id is enrolled already and we do not hold its credential
 EXIT_SERVER_UNREACHABLE = 20
 EXIT_SERVER_ERROR = 21         # 5xx or a response we cannot understand
 EXIT_HANDSHAKE_TIMEOUT = 22    # run --once: no policy arrived in time

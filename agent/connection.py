@@ -13,7 +13,7 @@ import random
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from agent.protocol import CLOSE_UNAUTHORIZED
+from agent.protocol import CLOSE_REPLACED, CLOSE_REVOKED, CLOSE_UNAUTHORIZED
 
 log = logging.getLogger("agent.connection")
 
@@ -55,12 +55,19 @@ class Backoff:
         return self.rng.uniform(self.auth_min, self.auth_max)
 
 
+def close_code(exc: BaseException) -> int | None:
+    rcvd = getattr(exc, "rcvd", None)
+    return rcvd.code if rcvd is not None else None
+
+
 def is_auth_close(exc: BaseException) -> bool:
     if isinstance(exc, InvalidStatus):
         return exc.response.status_code in (401, 403)
     if isinstance(exc, ConnectionClosed):
         rcvd = exc.rcvd
-        return rcvd is not None and rcvd.code == CLOSE_UNAUTHORIZED
+        # 4403: revoked / deleted / re-enrolled; 4409: another copy of this host took over.  Neither
+        # gets better by retrying fast.
+        return rcvd is not None and rcvd.code in (CLOSE_UNAUTHORIZED, CLOSE_REVOKED, CLOSE_REPLACED)
     return False
 
 

@@ -14,7 +14,8 @@ MAX_FRAME_BYTES = 64 * 1024
 
 # Websocket close codes (4000-4999 are application defined).
 CLOSE_UNAUTHORIZED = 4401   # missing / wrong / revoked credential: do not retry fast
-CLOSE_REPLACED = 4409       # a newer connection for the same host took over
+CLOSE_REVOKED = 4403        # the credential was revoked, the host deleted or re-enrolled: register again
+CLOSE_REPLACED = 4409       # a newer connection with the same credential took over
 CLOSE_PROTOCOL = 4400       # too many protocol errors
 
 # Error codes carried in ``error`` frames.

@@ -14,6 +14,7 @@ from agent import disk as gptdisk
 from agent.config import (
     AGENT_VERSION,
     EXIT_DISK_MISSING,
+    EXIT_HOST_EXISTS,
     EXIT_MACHINE_ID_MISSING,
     EXIT_REGISTER_REJECTED,
     EXIT_SERVER_ERROR,
@@ -29,11 +30,13 @@ REGISTER_PATH = "/api/v1/agents/register"
 TIMEOUT = 20
 
 
-def _post_json(url: str, body: dict) -> tuple[int, dict]:
+def _post_json(url: str, body: dict, credential: str | None = None) -> tuple[int, dict]:
     data = json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="POST",
-                                 headers={"Content-Type": "application/json", "Accept": "application/json",
-                                          "User-Agent": f"fleet-agent/{AGENT_VERSION}"})
+    headers = {"Content-Type": "application/json", "Accept": "application/json",
+               "User-Agent": f"fleet-agent/{AGENT_VERSION}"}
+    if credential:  # re-registering ourselves: our own credential proves the machine id is ours
+        headers["Authorization"] = f"Bearer {credential}"
+    req = urllib.request.Request(url, data=data, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
             status, raw = resp.status, resp.read()
@@ -48,6 +51,15 @@ def _post_json(url: str, body: dict) -> tuple[int, dict]:
     except ValueError:
         payload = {}
     return status, payload if isinstance(payload, dict) else {}
+
+
+def _own_credential(state_dir: Path, server: str) -> str | None:
+    """The credential of an earlier registration with the same server, if this host has one."""
+    try:
+        previous = Config.load(state_dir)
+    except AgentError:
+        return None
+    return previous.credential if previous.server.rstrip("/") == server else None
 
 
 def _ws_url(server: str, ws_url: str | None) -> str:
@@ -105,7 +117,7 @@ def register(server: str, token: str, state_dir: str | os.PathLike, disk: str | 
         "reboot_strategy": conf.get("REBOOT_STRATEGY") or None,
     }
     url = server + REGISTER_PATH
-    status, payload = _post_json(url, body)
+    status, payload = _post_json(url, body, _own_credential(state_dir, server))
     detail = str(payload.get("detail") or "")
     if status in (200, 201):
         missing = [k for k in ("host_id", "credential") if not payload.get(k)]
@@ -119,6 +131,10 @@ def register(server: str, token: str, state_dir: str | os.PathLike, disk: str | 
         config.save()
         return config
     code = payload.get("code")
+    if code == "host_exists":
+        raise AgentError(f"this machine id ({machine_id}) is already enrolled: {detail or code}; "
+                         "an operator can allow one re-enrollment on the host's page (or API "
+                         "POST /api/v1/hosts/{id}/allow-reenrollment), then run this again", EXIT_HOST_EXISTS)
     if code in TOKEN_ERROR_EXITS:
         hint = {
             "token_invalid": "check --token (copy it again from the Tokens page)",

@@ -225,7 +225,8 @@ FLEET_OMAHA_OFFLINE_AFTER = envint("FLEET_OMAHA_OFFLINE_AFTER", 7200)
 # (sec-omaha)
 
 # re-enrollment and revocation
-# (sec-enroll)
+# An operator's "allow re-enrollment" on a host lasts this long (seconds), for one registration.
+FLEET_REENROLLMENT_WINDOW = envint("FLEET_REENROLLMENT_WINDOW", 3600)
 
 # cloud-config document budget, per-connection agent rate limits
 # (sec-yaml)

@@ -121,6 +121,15 @@ class Hub:
             # the consumers' database calls would think they run inside that thread.
             loop.call_soon_threadsafe(self._deliver, key, frame, context=contextvars.Context())
 
+    def close(self, key: str, code: int, reason: str, keep: str | None = None) -> None:
+        """Close every socket joined under ``key`` (in every web process) with ``code``, except one
+        whose own ``keep`` tag (e.g. its credential lookup or connection id) equals ``keep``.
+        Sockets see a control frame (``CLOSE_FRAME``) that is never sent on the wire."""
+        self.publish(key, {"type": CLOSE_FRAME, "code": code, "reason": reason, "keep": keep})
+
+
+# The type of the control frame that tells a socket to close itself; agents never see it.
+CLOSE_FRAME = "_close"
 
 hub = Hub()
 publish = hub.publish

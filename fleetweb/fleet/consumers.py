@@ -15,8 +15,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from agent import protocol
-from fleetweb.core import live
-from fleetweb.core.hub import hub
+from fleetweb.core import live, secrets
+from fleetweb.core.hub import CLOSE_FRAME, hub
 
 from .choices import EventKind
 from .writer import acks, hellos, writer
@@ -67,6 +67,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self.close(code=protocol.CLOSE_UNAUTHORIZED)
             return
         self.host_id = host.pk
+        self.credential_lookup = secrets.split(secret, "fwh")
         self.organization_id = host.organization_id
         self.group_id = host.group_id
         self.hostname = host.hostname
@@ -76,6 +77,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
         await hub.join(f"host:{self.host_id}", self._from_host_key)
         await hub.join(f"group:{self.group_id}", self._send_text)
         live.bind_loop()
+        # One socket per host: this one replaces any other, in whichever web process holds it.
+        hub.close(f"host:{self.host_id}", protocol.CLOSE_REPLACED, "a newer connection took over",
+                  keep=str(self.connection_id))
 
     @database_sync_to_async
     def _authenticate(self, secret):
@@ -99,6 +103,11 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def _from_host_key(self, text: str) -> None:
         frame = json.loads(text)
+        if frame.get("type") == CLOSE_FRAME:
+            if frame.get("keep") not in (self.credential_lookup, str(self.connection_id)):
+                log.info("closing the socket of host %s: %s", self.host_id, frame.get("reason"))
+                await self.close(code=frame["code"])
+            return
         if frame.get("type") == "policy":  # the host may have moved to another group
             group_id = await self._current_group_id()
             if group_id != self.group_id:

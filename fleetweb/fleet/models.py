@@ -4,12 +4,14 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import slugify
 
+from agent import protocol
 from agent import window as reboot_window
 from fleetweb.core import secrets
 
@@ -223,14 +225,18 @@ class Group(models.Model):
 
 class EnrollmentTokenManager(models.Manager):
     def issue(self, group: Group, *, name: str = "", expires_in: timedelta | None = None,
-              max_uses: int | None = None, created_by=None) -> tuple["EnrollmentToken", str]:
+              max_uses: int | None = None, created_by=None,
+              replace_existing: bool = False) -> tuple["EnrollmentToken", str]:
         new = secrets.new_secret("fwe")
         token = self.create(organization_id=group.organization_id, group=group, name=name, lookup=new.lookup,
                             digest=new.digest, max_uses=max_uses, created_by=created_by,
+                            replace_existing=replace_existing,
                             expires_at=timezone.now() + expires_in if expires_in else None)
         Event.objects.record(group.organization_id, EventKind.TOKEN_CREATED,
-                             f"Enrollment token {token.display} created for group {group.name}",
-                             group=group, actor=str(created_by or ""))
+                             f"Enrollment token {token.display} created for group {group.name}"
+                             + (" (may replace existing hosts)" if replace_existing else ""),
+                             group=group, actor=str(created_by or ""),
+                             data={"replace_existing": replace_existing})
         return token, new.secret
 
     def redeem(self, secret: str) -> "EnrollmentToken":
@@ -296,6 +302,8 @@ class EnrollmentToken(models.Model):
     created = models.DateTimeField(default=timezone.now)
     last_used = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    replace_existing = models.BooleanField(
+        default=False, help_text="May re-enroll a machine id that already belongs to a host (set by an admin)")
 
     objects = EnrollmentTokenManager()
 
@@ -333,7 +341,7 @@ class EnrollmentToken(models.Model):
 
 class HostManager(models.Manager):
     REGISTER_FIELDS = ("group", "hostname", "agent_version", "boot_id", "version", "partitions", "channel",
-                       "reboot_strategy", "address", "policy_revision")
+                       "reboot_strategy", "address", "policy_revision", "reenrollment_allowed_until")
 
     def register(self, token: str, **fields) -> tuple["Host", str]:
         """Enroll one host with a token (``register_many`` of one); raises EnrollmentError."""
@@ -379,7 +387,8 @@ class HostManager(models.Manager):
         machines = {(t.organization_id, r["machine_id"]) for _, r, t in accepted}
         known = {(h.organization_id, h.machine_id): h for h in self.select_for_update().filter(
             organization_id__in={org for org, _ in machines}, machine_id__in={m for _, m in machines})}
-        created, updated, newest, credentials, events = {}, {}, {}, [], []
+        own = self._own_credentials(known.values(), [r.get("credential") for _, r, _ in accepted])
+        created, updated, newest, credentials, events, refused = {}, {}, {}, [], [], {}
         for i, r, token in accepted:
             key = (token.organization_id, r["machine_id"])
             host = known.get(key)
@@ -388,6 +397,22 @@ class HostManager(models.Manager):
                 host = known[key] = created[key] = self.model(organization_id=token.organization_id,
                                                               machine_id=r["machine_id"], registered_at=now)
             elif key not in created:
+                offered = r.get("credential")
+                why = host.reenrollment_grant(token, bool(offered) and own.get(host.pk) == offered, now)
+                if why is None:
+                    results[i] = EnrollmentError(
+                        "host_exists", f"Machine id {r['machine_id']} already belongs to host {host.hostname}: "
+                        "re-register with its own credential, or ask an operator to allow re-enrollment "
+                        "of that host (or to use a token that may replace existing hosts).")
+                    refused[token.pk] = refused.get(token.pk, 0) + 1
+                    events.append(Event(
+                        organization_id=token.organization_id, kind=EventKind.REENROLLMENT_REFUSED, host=host,
+                        group=host.group, created=now,
+                        data={"token": token.lookup, "token_name": token.display, "machine_id": r["machine_id"]},
+                        message=f"Re-enrollment of host {host.hostname} with token {token.display} refused: "
+                                "the machine id is already enrolled"))
+                    continue
+                host.reenrollment_allowed_until = None  # the allowance is one-shot
                 updated[host.pk] = host
             host.group = token.group
             host.hostname = r["hostname"]
@@ -409,6 +434,8 @@ class HostManager(models.Manager):
                 created=now, data={"token": token.lookup, "machine_id": r["machine_id"]},
                 message=f"Host {host.hostname} {'registered' if first else 're-registered'} in group {token.group.name}"))
             results[i] = (host, new.secret)
+        for token_id, n in refused.items():  # a refusal uses nothing up
+            EnrollmentToken.objects.filter(pk=token_id).update(uses=models.F("uses") - n)
         self.bulk_create(created.values())
         for host in updated.values():  # re-registrations are rare: one UPDATE each
             host.save(update_fields=self.REGISTER_FIELDS)
@@ -416,8 +443,23 @@ class HostManager(models.Manager):
             HostCredential.objects.filter(host_id__in=list(updated), revoked_at__isnull=True).update(revoked_at=now)
         HostCredential.objects.bulk_create(credentials)
         Event.objects.bulk_create(events)
+        replaced = {pk: newest[(h.organization_id, h.machine_id)].lookup for pk, h in updated.items()}
         transaction.on_commit(lambda: [e.broadcast() for e in events])
+        transaction.on_commit(lambda: [Host.close_sockets(pk, protocol.CLOSE_REVOKED, "re-enrolled", keep=lookup)
+                                       for pk, lookup in replaced.items()])
         return results
+
+    @staticmethod
+    def _own_credentials(hosts, offered: list[str | None]) -> dict:
+        """host pk -> the credential secret (of those offered) that is that host's current one."""
+        by_lookup = {secrets.split(c, "fwh"): c for c in offered if c}
+        by_lookup.pop(None, None)
+        hosts = [h for h in hosts if h.pk]
+        if not by_lookup or not hosts:
+            return {}
+        found = HostCredential.objects.filter(lookup__in=list(by_lookup), revoked_at__isnull=True,
+                                              host_id__in=[h.pk for h in hosts])
+        return {c.host_id: by_lookup[c.lookup] for c in found if secrets.matches(by_lookup[c.lookup], c.digest)}
 
     HELLO_FIELDS = ("hostname", "boot_id", "agent_version", "version", "partitions", "update_status", "channel",
                     "reboot_strategy", "policy_revision", "online", "connection_id", "last_seen")
@@ -555,6 +597,8 @@ class Host(models.Model):
     connection_id = models.UUIDField(null=True, blank=True)
     last_seen = models.DateTimeField(null=True, blank=True)
     registered_at = models.DateTimeField(default=timezone.now)
+    reenrollment_allowed_until = models.DateTimeField(
+        null=True, blank=True, help_text="An operator allowed one re-enrollment of this machine id until then")
 
     objects = HostManager()
 
@@ -608,10 +652,55 @@ class Host(models.Model):
         _host_changed(self.organization_id, self.pk)
 
     def delete_with_event(self, actor: str = "") -> None:
+        host_id = self.pk
         with transaction.atomic():
             Event.objects.record(self.organization_id, EventKind.HOST_DELETED, f"Host {self.hostname} deleted",
                                  group=self.group, actor=actor, data={"host": str(self.pk)})
             self.delete()
+            transaction.on_commit(lambda: Host.close_sockets(host_id, protocol.CLOSE_REVOKED, "host deleted"))
+
+    # -- enrollment and revocation -------------------------------------------------------------
+    def reenrollment_grant(self, token: "EnrollmentToken", own_credential: bool, now) -> str | None:
+        """Why this already-enrolled machine id may register again with ``token``, or None.
+
+        A re-registration hands out a new credential and the host's configuration, so it needs
+        more than any token of the organization."""
+        if own_credential:
+            return "own credential"
+        if self.reenrollment_allowed_until and self.reenrollment_allowed_until > now:
+            return "allowed by an operator"
+        if token.replace_existing:
+            return "token may replace existing hosts"
+        return None
+
+    def allow_reenrollment(self, actor: str = "", seconds: int | None = None) -> None:
+        """One re-registration of this machine id with any token of the organization, within the window."""
+        seconds = seconds or settings.FLEET_REENROLLMENT_WINDOW
+        self.reenrollment_allowed_until = timezone.now() + timedelta(seconds=seconds)
+        with transaction.atomic():
+            self.save(update_fields=["reenrollment_allowed_until"])
+            Event.objects.record(self.organization_id, EventKind.REENROLLMENT_ALLOWED,
+                                 f"Re-enrollment of host {self.hostname} allowed for {seconds // 60} min",
+                                 host=self, group_id=self.group_id, actor=actor,
+                                 data={"until": self.reenrollment_allowed_until.isoformat()})
+
+    def revoke_credentials(self, actor: str = "", reason: str = "credential revoked") -> int:
+        """Void every credential of the host and close its live sockets (any web process)."""
+        host_id = self.pk
+        with transaction.atomic():
+            n = HostCredential.objects.filter(host=self, revoked_at__isnull=True).update(revoked_at=timezone.now())
+            Event.objects.record(self.organization_id, EventKind.CREDENTIAL_REVOKED,
+                                 f"Credential of host {self.hostname} revoked", host=self,
+                                 group_id=self.group_id, actor=actor, data={"revoked": n, "reason": reason})
+            transaction.on_commit(lambda: Host.close_sockets(host_id, protocol.CLOSE_REVOKED, reason))
+        return n
+
+    @staticmethod
+    def close_sockets(host_id, code: int, reason: str, keep: str | None = None) -> None:
+        """Close the host's agent sockets in every web process, but one using credential ``keep``."""
+        from fleetweb.core import hub
+
+        hub.close(f"host:{host_id}", code, reason, keep=keep)
 
 
 class HostCredentialManager(models.Manager):

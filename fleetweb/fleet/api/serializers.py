@@ -125,9 +125,9 @@ class HostSerializer(serializers.ModelSerializer):
         model = Host
         fields = ["id", "hostname", "machine_id", "group", "group_name", "channel", "reported_channel",
                   "version", "update_status", "online", "last_seen", "partitions", "policy_applied",
-                  "agent_version", "boot_id", "registered_at"]
+                  "agent_version", "boot_id", "registered_at", "reenrollment_allowed_until"]
         read_only_fields = ["id", "machine_id", "version", "update_status", "online", "last_seen",
-                            "agent_version", "boot_id", "registered_at"]
+                            "agent_version", "boot_id", "registered_at", "reenrollment_allowed_until"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +183,7 @@ class EnrollmentTokenSerializer(serializers.ModelSerializer):
     class Meta:
         model = EnrollmentToken
         fields = ["id", "name", "display", "group", "group_name", "state", "expires_at", "max_uses", "uses",
-                  "created", "created_by", "last_used", "revoked_at"]
+                  "replace_existing", "created", "created_by", "last_used", "revoked_at"]
         read_only_fields = ["id", "expires_at", "uses", "created", "last_used", "revoked_at"]
 
 

@@ -42,11 +42,18 @@ log = logging.getLogger(__name__)
 class TokenRejected(exceptions.APIException):
     """An enrollment token that cannot enroll; the body carries the EnrollmentError code."""
 
-    STATUS = {"token_invalid": status.HTTP_401_UNAUTHORIZED}
+    STATUS = {"token_invalid": status.HTTP_401_UNAUTHORIZED, "host_exists": status.HTTP_409_CONFLICT}
 
     def __init__(self, error: EnrollmentError):
         super().__init__(error.detail, error.code)
         self.status_code = self.STATUS.get(error.code, status.HTTP_403_FORBIDDEN)
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The agent's own credential on a re-registration (``Authorization: Bearer fwh_...``)."""
+    if authorization and authorization.startswith("Bearer "):
+        return authorization[7:].strip() or None
+    return None
 
 
 def client_address(request) -> str | None:
@@ -78,13 +85,18 @@ class RegisterView(APIView):
                    400: OpenApiResponse(ErrorSerializer, description="Malformed body; nothing stored"),
                    401: OpenApiResponse(ErrorSerializer, description="code token_invalid"),
                    403: OpenApiResponse(ErrorSerializer,
-                                        description="code token_revoked, token_expired or token_exhausted")},
+                                        description="code token_revoked, token_expired or token_exhausted"),
+                   409: OpenApiResponse(ErrorSerializer,
+                                        description="code host_exists: the machine id is enrolled; send the "
+                                                    "host's own credential as Bearer, or have an operator "
+                                                    "allow re-enrollment; nothing changed")},
     )
     def post(self, request):
         body = RegisterSerializer(data=request.data)
         body.is_valid(raise_exception=True)  # before the token is redeemed: a bad body uses nothing up
         try:
-            host, credential = Host.objects.register(**body.validated_data, address=client_address(request))
+            host, credential = Host.objects.register(**body.validated_data, address=client_address(request),
+                                                     credential=bearer(request.META.get("HTTP_AUTHORIZATION")))
         except EnrollmentError as exc:
             raise TokenRejected(exc) from None
         return Response(registered(host, credential), status=status.HTTP_201_CREATED, headers=NO_STORE)
@@ -133,8 +145,9 @@ async def register_endpoint(scope, receive, send) -> None:
         return await refuse(exceptions.ValidationError(body.errors))
     client = scope.get("client")
     try:
-        host, credential = await registrations.submit({**body.validated_data,
-                                                       "address": client[0] if client else None})
+        host, credential = await registrations.submit({
+            **body.validated_data, "address": client[0] if client else None,
+            "credential": bearer(headers.get(b"authorization", b"").decode("latin-1"))})
     except EnrollmentError as exc:
         return await refuse(TokenRejected(exc))
     except Exception:
@@ -155,8 +168,8 @@ class HostViewSet(OrganizationScoped, mixins.ListModelMixin, mixins.RetrieveMode
     serializer_class = HostSerializer
     filterset_class = HostFilterSet
     lookup_value_converter = "uuid"
-    http_method_names = ["get", "patch", "delete", "head", "options"]
-    write_roles = {"destroy": Role.ADMIN}
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    write_roles = {"destroy": Role.ADMIN, "revoke_credential": Role.ADMIN}
 
     def perform_update(self, serializer):
         host = serializer.instance
@@ -170,6 +183,23 @@ class HostViewSet(OrganizationScoped, mixins.ListModelMixin, mixins.RetrieveMode
 
     def perform_destroy(self, instance):
         instance.delete_with_event(actor=self.actor)
+
+    @extend_schema(request=None, responses={200: HostSerializer})
+    @action(detail=True, methods=["post"], url_path="allow-reenrollment")
+    def allow_reenrollment(self, request, pk=None):
+        """Let this machine id register once more with any token of the organization (a reimaged
+        machine), within FLEET_REENROLLMENT_WINDOW; logged."""
+        host = self.get_object()
+        host.allow_reenrollment(actor=self.actor)
+        return Response(self.get_serializer(host).data)
+
+    @extend_schema(request=None, responses={200: HostSerializer})
+    @action(detail=True, methods=["post"], url_path="revoke-credential")
+    def revoke_credential(self, request, pk=None):
+        """Void the host's agent credential and close its live socket (admin)."""
+        host = self.get_object()
+        host.revoke_credentials(actor=self.actor)
+        return Response(self.get_serializer(host).data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,12 +247,15 @@ class EnrollmentTokenViewSet(OrganizationScoped, mixins.ListModelMixin, mixins.R
         body = EnrollmentTokenCreateSerializer(data=request.data, context=self.get_serializer_context())
         body.is_valid(raise_exception=True)
         data = body.validated_data
+        if data.get("replace_existing") and not Role.at_least(request._request.role, Role.ADMIN):
+            raise exceptions.PermissionDenied("Only an admin may create a token that replaces existing hosts.")
         user = request.user
         created_by = getattr(getattr(user, "key", None), "created_by", None) or (
             user if getattr(user, "pk", None) else None)
         with transaction.atomic():
             token, secret = EnrollmentToken.objects.issue(
                 data["group"], name=data.get("name", ""), max_uses=data.get("max_uses"), created_by=created_by,
+                replace_existing=data.get("replace_existing", False),
                 expires_in=timedelta(seconds=data["expires_in"]) if data.get("expires_in") else None)
         out = EnrollmentTokenCreateSerializer(token, context={**self.get_serializer_context(), "secret": secret})
         return Response(out.data, status=status.HTTP_201_CREATED)

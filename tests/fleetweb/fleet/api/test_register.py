@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from fleetweb.fleet.models import EnrollmentToken, Event, Host, HostCredential
+from fleetweb.fleet.models import EnrollmentToken, Event, Group, Host, HostCredential
 from tests.conftest import partitions
 
 URL = "/api/v1/agents/register"
@@ -60,15 +60,109 @@ def test_it_ignores_an_api_key(token, alice):
     assert Host.objects.count() == 1
 
 
-def test_it_re_registers_the_same_machine_and_revokes_the_old_credential(token):
+def test_a_host_re_registers_itself_with_its_own_credential_and_the_old_one_is_void(token):
     client = APIClient()
     first = client.post(URL, body(token.secret), format="json").json()
-    second = client.post(URL, body(token.secret, hostname="node-1b"), format="json").json()
+    r = client.post(URL, body(token.secret, hostname="node-1b"), format="json",
+                    HTTP_AUTHORIZATION=f"Bearer {first['credential']}")
+    assert r.status_code == 201, r.content
+    second = r.json()
     assert first["host_id"] == second["host_id"]
     assert Host.objects.count() == 1
     assert HostCredential.objects.authenticate(first["credential"]) is None
     assert HostCredential.objects.authenticate(second["credential"]).hostname == "node-1b"
     assert Event.objects.filter(kind="registered").count() == 2
+
+
+def hijack_state(host):
+    host.refresh_from_db()
+    return (host.group_id, host.hostname, sorted(HostCredential.objects.filter(host=host, revoked_at__isnull=True)
+                                                 .values_list("lookup", flat=True)))
+
+
+def make_group(org, name):
+    return Group.objects.create(organization=org, name=name, slug=name, channel=org.channels.get(name="stable"))
+
+
+def test_another_token_cannot_take_over_an_enrolled_machine_id(token, acme):
+    """The attack (fails before issue 9): any token of the organization re-registered a known
+    machine id, moved it to the token's group, revoked its credential and got its configuration."""
+    first = APIClient().post(URL, body(token.secret), format="json").json()
+    host = Host.objects.get(pk=first["host_id"])
+    other_group = make_group(acme, "attacker")
+    attacker, secret = EnrollmentToken.objects.issue(other_group, name="leaked")
+    before = hijack_state(host)
+    r = APIClient().post(URL, body(secret, hostname="evil"), format="json")
+    assert r.status_code == 409, r.content
+    assert r.json()["code"] == "host_exists" and "allow re-enrollment" in r.json()["detail"]
+    assert "credential" not in r.json()
+    assert hijack_state(host) == before  # same group, name and live credential
+    assert HostCredential.objects.authenticate(first["credential"]) == host
+    attacker.refresh_from_db()
+    assert attacker.uses == 0  # a refusal uses nothing up
+    event = Event.objects.get(kind="reenrollment_refused")
+    assert event.host == host and event.data["token"] == attacker.lookup and "leaked" in event.message
+
+
+def test_a_stale_or_foreign_credential_does_not_count_as_the_hosts_own(token, web_group, make_host):
+    first = APIClient().post(URL, body(token.secret), format="json").json()
+    host = Host.objects.get(pk=first["host_id"])
+    other = make_host(web_group, hostname="other")
+    for bearer in (other.credential, first["credential"][:-3] + "AAA", "garbage"):
+        r = APIClient().post(URL, body(token.secret), format="json", HTTP_AUTHORIZATION=f"Bearer {bearer}")
+        assert r.status_code == 409 and r.json()["code"] == "host_exists"
+    assert HostCredential.objects.authenticate(first["credential"]) == host
+
+
+def test_an_operator_allows_one_re_enrollment_within_the_window(token, operator, settings):
+    first = APIClient().post(URL, body(token.secret), format="json").json()
+    host_url = f"/api/v1/hosts/{first['host_id']}/allow-reenrollment"
+    r = operator.post(host_url)
+    assert r.status_code == 200, r.content
+    assert r.json()["reenrollment_allowed_until"]
+    assert Event.objects.filter(kind="reenrollment_allowed", actor__contains="olga").exists()
+    again = APIClient().post(URL, body(token.secret, hostname="reimaged"), format="json")
+    assert again.status_code == 201, again.content
+    assert HostCredential.objects.authenticate(first["credential"]) is None
+    # one-shot: the next one is refused again
+    third = APIClient().post(URL, body(token.secret), format="json")
+    assert third.status_code == 409 and third.json()["code"] == "host_exists"
+
+
+def test_an_expired_allowance_does_not_let_a_token_re_enroll(token, operator):
+    first = APIClient().post(URL, body(token.secret), format="json").json()
+    operator.post(f"/api/v1/hosts/{first['host_id']}/allow-reenrollment")
+    Host.objects.filter(pk=first["host_id"]).update(reenrollment_allowed_until=timezone.now() - timedelta(seconds=1))
+    r = APIClient().post(URL, body(token.secret), format="json")
+    assert r.status_code == 409 and r.json()["code"] == "host_exists"
+
+
+def test_a_viewer_cannot_allow_re_enrollment_and_another_org_gets_404(token, bob, charlie):
+    first = APIClient().post(URL, body(token.secret), format="json").json()
+    url = f"/api/v1/hosts/{first['host_id']}/allow-reenrollment"
+    assert bob.post(url).status_code == 403
+    assert charlie.post(url).status_code == 404
+    assert Host.objects.get(pk=first["host_id"]).reenrollment_allowed_until is None
+
+
+def test_only_an_admin_creates_a_token_that_replaces_existing_hosts(web_group, alice, operator):
+    r = operator.post("/api/v1/tokens/", {"group": web_group.pk, "replace_existing": True}, format="json")
+    assert r.status_code == 403
+    assert not EnrollmentToken.objects.filter(replace_existing=True).exists()
+    r = alice.post("/api/v1/tokens/", {"group": web_group.pk, "replace_existing": True}, format="json")
+    assert r.status_code == 201 and r.json()["replace_existing"] is True
+    first = APIClient().post(URL, body(r.json()["token"]), format="json").json()
+    again = APIClient().post(URL, body(r.json()["token"], hostname="replaced"), format="json")
+    assert again.status_code == 201
+    assert again.json()["host_id"] == first["host_id"]
+
+
+def test_the_same_machine_id_in_another_organization_is_another_host(token, other_org):
+    first = APIClient().post(URL, body(token.secret), format="json").json()
+    _, secret = EnrollmentToken.objects.issue(make_group(other_org, "theirs"))
+    r = APIClient().post(URL, body(secret), format="json")
+    assert r.status_code == 201 and r.json()["host_id"] != first["host_id"]
+    assert HostCredential.objects.authenticate(first["credential"]).organization.slug == "acme"
 
 
 def spoil(token, case: str) -> str:
