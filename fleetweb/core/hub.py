@@ -133,3 +133,4 @@ CLOSE_FRAME = "_close"
 
 hub = Hub()
 publish = hub.publish
+close = hub.close

@@ -10,7 +10,7 @@ URL = "/api/v1/hosts/"
 
 ITEM_FIELDS = {"id", "hostname", "machine_id", "group", "group_name", "channel", "reported_channel", "version",
                "update_status", "online", "last_seen", "partitions", "policy_applied", "agent_version", "boot_id",
-               "registered_at"}
+               "registered_at", "reenrollment_allowed_until"}
 PARTITION_FIELDS = {"label", "number", "version", "priority", "tries", "successful", "active"}
 
 
