@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-
 # The personas' password: long enough for the password validators (tests log in with it).
 PASSWORD = "persona-passphrase-7"
 
