@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -136,6 +137,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Redis: the channel layer, the per-process agent hub and the Celery broker.
 REDIS_URL = env("REDIS_URL") or None
+# Prefix of every key Fleetweb keeps in Redis (several deployments may share one server).
+FLEET_REDIS_PREFIX = env("FLEET_REDIS_PREFIX", "fleetweb") or "fleetweb"
 if REDIS_URL and urlparse(REDIS_URL).scheme not in ("redis", "rediss", "unix"):
     raise ImproperlyConfigured(f"REDIS_URL must be a redis:// URL, not {REDIS_URL!r}")
 if REDIS_URL:
@@ -144,14 +147,14 @@ if REDIS_URL:
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [{"address": REDIS_URL, "max_connections": 1000, "socket_timeout": 30}],
-                "prefix": env("FLEET_REDIS_PREFIX", "fleetweb") + ":asgi",
+                "prefix": FLEET_REDIS_PREFIX + ":asgi",
                 "capacity": 1000,
             },
         }
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-FLEET_HUB_CHANNEL = (env("FLEET_REDIS_PREFIX", "fleetweb") or "fleetweb") + ":hub"
+FLEET_HUB_CHANNEL = FLEET_REDIS_PREFIX + ":hub"
 
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = None
@@ -210,7 +213,21 @@ FLEET_OMAHA_OFFLINE_AFTER = envint("FLEET_OMAHA_OFFLINE_AFTER", 7200)
 
 # --- Security (issue 9). One block per area, so that each can change alone. ----------------------
 # login and API-key throttling, password policy (django-axes)
-# (sec-login)
+# django-axes locks out an address, or a username, after FLEET_LOGIN_FAILURE_LIMIT failed logins for
+# FLEET_LOGIN_COOLOFF seconds; its backend runs first, so a locked-out attempt never reaches the
+# password hasher.  Counts live in the database: every web process sees them.
+INSTALLED_APPS += ["axes"]
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = envint("FLEET_LOGIN_FAILURE_LIMIT", 5)
+FLEET_LOGIN_COOLOFF = envint("FLEET_LOGIN_COOLOFF", 900)
+AXES_COOLOFF_TIME = timedelta(seconds=FLEET_LOGIN_COOLOFF)
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "core/locked_out.html"
+AXES_VERBOSE = False
+# Invalid API keys per client address (the ``limits`` library's notation), counted across processes.
+FLEET_API_KEY_FAILURE_RATE = env("FLEET_API_KEY_FAILURE_RATE", "20/minute")
 
 # browser and session hardening (HTTPS, HSTS, cookies, ALLOWED_HOSTS)
 # (sec-browser)
@@ -238,7 +255,10 @@ FLEET_REENROLLMENT_WINDOW = envint("FLEET_REENROLLMENT_WINDOW", 3600)
 # (sec-agent)
 
 AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"

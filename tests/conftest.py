@@ -23,6 +23,14 @@ def celery_eager():
 
 
 @pytest.fixture(autouse=True)
+def fresh_rate_limits():
+    """Every test starts with no rate-limit counts (they live in Redis when REDIS_URL is set)."""
+    from fleetweb.core import ratelimit
+
+    ratelimit.reset()
+
+
+@pytest.fixture(autouse=True)
 def close_sync_thread_connections():
     """Async tests reach the database through asgiref's one shared sync thread, whose connection
     persists (CONN_MAX_AGE); close it after each test, as a request would, so that the test database

@@ -13,6 +13,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from fleetweb.core.htmx import is_htmx, template_for
 from fleetweb.core.views import can_operate, member_required, require_operator
+from fleetweb.tenancy import throttle
 from fleetweb.updates.models import UpdateError
 from fleetweb.updates.payloads import ranged_file_response
 
@@ -135,9 +136,7 @@ def _organization_of(request):
     """The organization of a dashboard session or of an ``Authorization: Bearer`` API key."""
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
-        from fleetweb.tenancy.models import ApiKey
-
-        key = ApiKey.objects.authenticate(header[len("Bearer "):].strip())
+        key = throttle.authenticate_api_key(header[len("Bearer "):].strip(), request)
         return key.organization if key is not None else False
     if request.user.is_authenticated:
         return request.organization
@@ -147,7 +146,10 @@ def _organization_of(request):
 @require_GET
 def artifact_download(request, pk, name):
     """Stream one artifact (Range requests, like release payloads); other organizations get 404."""
-    org = _organization_of(request)
+    try:
+        org = _organization_of(request)
+    except throttle.ApiKeyThrottled as exc:
+        return HttpResponse(f"{exc.detail}\n", status=429, content_type="text/plain")
     if org is False:
         return HttpResponse("invalid or revoked API key\n", status=401, content_type="text/plain",
                             headers={"WWW-Authenticate": "Bearer"})

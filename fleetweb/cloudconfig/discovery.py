@@ -36,6 +36,8 @@ from django.http import HttpResponse, QueryDict
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 
+from fleetweb.tenancy import throttle
+
 from .discovery_models import MAX_SIZE, DiscoveryError, DiscoveryMember, DiscoveryToken
 
 TOKEN = r"[0-9a-f]{32}"
@@ -108,11 +110,10 @@ def _owner(request):
     """(organization, user) for an operator's API key or session; (None, None) anonymous;
     raises PermissionError for a key that is invalid or below operator."""
     from fleetweb.tenancy.choices import Role
-    from fleetweb.tenancy.models import ApiKey
 
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
-        key = ApiKey.objects.authenticate(header[len("Bearer "):].strip())
+        key = throttle.authenticate_api_key(header[len("Bearer "):].strip(), request)
         if key is None:
             raise PermissionError("Invalid or revoked API key.")
         if not Role.at_least(key.role, Role.OPERATOR):
@@ -140,6 +141,8 @@ def new(request):
         org, user = _owner(request)
     except PermissionError as exc:
         return HttpResponse(f"{exc}\n", status=401 if "Invalid" in str(exc) else 403, content_type="text/plain")
+    except throttle.ApiKeyThrottled as exc:
+        return HttpResponse(f"{exc.detail}\n", status=429, content_type="text/plain")
     if org is None and not getattr(settings, "FLEET_DISCOVERY_ANONYMOUS", True):
         return HttpResponse("An API key is needed to create a discovery token.\n", status=401,
                             content_type="text/plain")

@@ -4,6 +4,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
+from . import throttle
 from .models import ApiKey
 
 
@@ -30,7 +31,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         header = request.headers.get("Authorization", "")
         if not header.startswith(self.keyword + " "):
             return None
-        key = ApiKey.objects.authenticate(header[len(self.keyword) + 1:].strip())
+        key = throttle.authenticate_api_key(header[len(self.keyword) + 1:].strip(), request)
         if key is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
         if key.last_used is None or (timezone.now() - key.last_used).total_seconds() > 60:

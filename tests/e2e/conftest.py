@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import PASSWORD
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -206,7 +208,7 @@ def stack(transactional_db, template_disk, tmp_path) -> Stack:
     from io import StringIO
 
     out = StringIO()
-    call_command("bootstrap", org="Acme", user="alice", password="alice-password", group="web", json=True,
+    call_command("bootstrap", org="Acme", user="alice", password=PASSWORD, group="web", json=True,
                  stdout=out)
     boot = json.loads(out.getvalue())
     server = subprocess.Popen(
@@ -218,7 +220,7 @@ def stack(transactional_db, template_disk, tmp_path) -> Stack:
     try:
         wait_for(lambda: server.poll() is None and httpx.get(f"{url}/healthz", timeout=1).status_code == 200,
                  what=f"the ASGI server on {url} (log: {tmp_path / 'server.log'})")
-        s = Stack(url=url, bootstrap=boot, login=("alice", "alice-password"), api=api, workdir=tmp_path,
+        s = Stack(url=url, bootstrap=boot, login=("alice", PASSWORD), api=api, workdir=tmp_path,
                   template_disk=template_disk, env=env, server=server)
         yield s
     finally:

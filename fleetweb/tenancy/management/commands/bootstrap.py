@@ -6,6 +6,8 @@ bootstrap API key and token and issues new ones (everything else is reused).
 import json
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils.text import slugify
@@ -34,13 +36,15 @@ class Command(BaseCommand):
         slug = slugify(opts["org"])
         if not slug:
             raise CommandError("--org must contain letters or digits")
-        if len(opts["password"]) < 8:
-            raise CommandError("--password must be at least 8 characters")
+        User = get_user_model()
+        try:  # Django's password validators (settings.AUTH_PASSWORD_VALIDATORS), before anything is stored
+            validate_password(opts["password"], User(username=opts["user"]))
+        except ValidationError as exc:
+            raise CommandError("--password is too weak: " + " ".join(exc.messages)) from None
         org = Organization.objects.filter(slug=slug).first() or Organization.objects.create_with_defaults(
             opts["org"], slug)
         Channel.objects.create_defaults(org)
         SigningKey.objects.ensure(org)  # the release signing key (private half encrypted at rest)
-        User = get_user_model()
         user, created = User.objects.get_or_create(username=opts["user"])
         if created or not user.check_password(opts["password"]):
             user.set_password(opts["password"])
