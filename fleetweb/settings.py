@@ -60,7 +60,10 @@ _public = urlparse(FLEET_PUBLIC_URL)
 if _public.scheme not in ("http", "https") or not _public.netloc:
     raise ImproperlyConfigured(f"FLEET_PUBLIC_URL must be an http(s) URL, not {FLEET_PUBLIC_URL!r}")
 
-ALLOWED_HOSTS = [h.strip() for h in (env("ALLOWED_HOSTS", "*") or "").split(",") if h.strip()]
+# The hosts this server answers for: the public URL's host and loopback unless ALLOWED_HOSTS says
+# otherwise (never "*" by default: the dashboard websocket's origin check relies on it).
+ALLOWED_HOSTS = [h.strip() for h in (env("ALLOWED_HOSTS", "") or "").split(",") if h.strip()] or [
+    _public.hostname, "localhost", "127.0.0.1", "[::1]"]
 CSRF_TRUSTED_ORIGINS = [f"{_public.scheme}://{_public.netloc}"]
 
 INSTALLED_APPS = [
@@ -230,7 +233,24 @@ AXES_VERBOSE = False
 FLEET_API_KEY_FAILURE_RATE = env("FLEET_API_KEY_FAILURE_RATE", "20/minute")
 
 # browser and session hardening (HTTPS, HSTS, cookies, ALLOWED_HOSTS)
-# (sec-browser)
+# With an https:// FLEET_PUBLIC_URL, cookies are Secure and browsers are told to stay on HTTPS (HSTS).
+# Behind a reverse proxy that terminates TLS, set FLEET_TRUST_X_FORWARDED_PROTO=1 (and make sure the
+# proxy sets X-Forwarded-Proto itself, overwriting what a client sends).
+FLEET_HTTPS = _public.scheme == "https"
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = FLEET_HTTPS
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
+SECURE_HSTS_SECONDS = envint("FLEET_HSTS_SECONDS", 31536000) if FLEET_HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("FLEET_HSTS_INCLUDE_SUBDOMAINS", "true")
+SECURE_HSTS_PRELOAD = envbool("FLEET_HSTS_PRELOAD", "true")
+SECURE_SSL_REDIRECT = FLEET_HTTPS and envbool("FLEET_SSL_REDIRECT", "true")
+# Health checks come over plain HTTP from inside the host or the pod.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+if envbool("FLEET_TRUST_X_FORWARDED_PROTO", "false"):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
 
 # request body limits, read while streaming
 # (sec-body)
