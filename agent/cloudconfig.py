@@ -34,6 +34,13 @@ UNIT_COMMANDS = ("start", "stop", "restart", "reload", "try-restart", "reload-or
                  "reload-or-try-restart")
 REBOOT_STRATEGIES = ("reboot", "etcd-lock", "best-effort", "off")
 
+# Bounds on one document (issue 9 §5): aliases can make a few hundred bytes expand to millions of
+# nodes, so the expanded size is counted while composing, before anything walks or copies it.
+MAX_NODES = 10_000
+MAX_BYTES = 1024 * 1024
+MAX_DEPTH = 32
+MERGE_FACTOR = 3          # a merge of up to three documents gets three budgets, its output three sizes
+
 
 # ---------------------------------------------------------------------------------------------
 # The report
@@ -214,7 +221,10 @@ def validate_config(text: str, report: Report | None = None) -> Report:
     """The rules alone, on YAML text (no header rule); lines are those of ``text``."""
     report = report if report is not None else Report()
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = compose(text)
+    except TooLarge as exc:
+        report.add(1, ERROR, str(exc))
+        return report
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         report.add(mark.line + 1 if mark else 1, ERROR, exc.problem or str(exc))
@@ -373,9 +383,73 @@ def decode_content(content: str, encoding: str | None) -> bytes:
 # Loading, merging, rendering
 # ---------------------------------------------------------------------------------------------
 
-class Loader(yaml.SafeLoader):
-    """SafeLoader that keeps octal-looking integers as written (``0744`` stays "0744"), so
-    permissions survive a merge and a re-render with their meaning."""
+class TooLarge(yaml.YAMLError):
+    """A document over its size, depth or expanded-node budget (one clear message, no traceback)."""
+
+
+class BoundedComposer:
+    """Composer mix-in: counts every node as it would be after alias expansion and stops as soon as
+    the budget is passed.  An alias is the anchored node again, so its expanded size is added once
+    per use; a billion-laughs document fails after composing a few dozen real nodes."""
+
+    max_nodes = MAX_NODES
+    max_depth = MAX_DEPTH
+
+    def compose_document(self):
+        self.expanded: dict[int, int] = {}
+        self.total = 0
+        self.depth = 0
+        return super().compose_document()
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            anchor = self.peek_event().anchor
+            node = super().compose_node(parent, index)
+            if id(node) not in self.expanded:
+                raise TooLarge(f"alias *{anchor} refers to a node that contains it (recursive alias)")
+            self._count(self.expanded[id(node)])
+            return node
+        self.depth += 1
+        if self.depth > self.max_depth:
+            raise TooLarge(f"document nests deeper than {self.max_depth} levels")
+        try:
+            before = self.total
+            node = super().compose_node(parent, index)     # children count themselves
+            self._count(1)
+            self.expanded[id(node)] = self.total - before
+            return node
+        finally:
+            self.depth -= 1
+
+    def _count(self, n: int) -> None:
+        self.total += n
+        if self.total > self.max_nodes:
+            raise TooLarge(f"document expands to more than {self.max_nodes} nodes (aliases)")
+
+
+class SafeComposeLoader(BoundedComposer, yaml.SafeLoader):
+    """The validator's loader: SafeLoader with the node budget."""
+
+
+def check_size(text: str, factor: int = 1) -> None:
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES * factor:
+        raise TooLarge(f"document is larger than {MAX_BYTES * factor} bytes")
+
+
+def compose(text: str, factor: int = 1):
+    """The node tree of ``text`` within the budget (``factor`` budgets for merged output)."""
+    check_size(text, factor)
+    loader = SafeComposeLoader(text)
+    loader.max_nodes = MAX_NODES * factor
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+class Loader(BoundedComposer, yaml.SafeLoader):
+    """SafeLoader with the node budget that keeps octal-looking integers as written (``0744`` stays
+    "0744"), so permissions survive a merge and a re-render with their meaning."""
 
 
 def _construct_int(loader, node):
@@ -422,11 +496,18 @@ def as_str(value) -> str:
     return str(value)
 
 
-def load(content: str) -> dict:
-    """The mapping of a cloud-config document ({} for an empty one or a script)."""
+def load(content: str, factor: int = MERGE_FACTOR) -> dict:
+    """The mapping of a cloud-config document ({} for an empty one or a script), within ``factor``
+    budgets: a merged document (what the agent applies) may be up to MERGE_FACTOR of them."""
     if not content or is_script(content):
         return {}
-    data = yaml.load(content, Loader=Loader)
+    check_size(content, factor)
+    loader = Loader(content)
+    loader.max_nodes = MAX_NODES * factor
+    try:
+        data = loader.get_single_data()
+    finally:
+        loader.dispose()
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -461,8 +542,17 @@ def merge(*documents: str | None) -> str:
     for doc in present:
         if is_script(doc):
             continue
-        merged = merge_data(merged, load(doc))
-    return render(merged)
+        merged = merge_data(merged, load(doc, factor=1))
+    out = render(merged)
+    check_size(out, MERGE_FACTOR)
+    return out
+
+
+def check_merged(content: str) -> None:
+    """Raise TooLarge when a merged (or served) document is over the merge budget: its size and
+    its expanded nodes, counted on the text as the agent will parse it."""
+    if content and not is_script(content):
+        compose(content, MERGE_FACTOR)
 
 
 def merge_data(base, override, path: tuple = ()):
