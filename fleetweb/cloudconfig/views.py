@@ -3,7 +3,7 @@ type), revisions with diff and restore, the effective document of a host, the ho
 group, and the secret fetch URL served to hosts without the agent.  The rules are on the models."""
 from __future__ import annotations
 
-from django.http import Http404, HttpResponse, HttpResponseNotAllowed
+from django.http import Http404, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -72,7 +72,10 @@ def _context(request, level, target, doc, **extra) -> dict:
         context["hosts"] = hosts_with_state(target)
         context["behind"] = sum(1 for h in context["hosts"] if h.cc_state == ApplyState.BEHIND)
     if level == Level.HOST:
-        effective, revision = CloudConfig.objects.effective_for_host(target)
+        try:
+            effective, revision = CloudConfig.objects.effective_for_host(target)
+        except cc.TooLarge as exc:
+            effective, revision = f"# not served: {exc}\n", 0
         state = HostCloudConfigState.objects.filter(host=target).first()
         applied, errors = (state.applied_revision, state.errors) if state else (None, [])
         st = apply_state(revision, applied, errors)
@@ -212,4 +215,7 @@ def serve(request, secret):
     url = FetchUrl.objects.resolve(secret)
     if url is None:
         raise Http404("Unknown cloud-config URL.")
-    return HttpResponse(url.document(), content_type="text/plain; charset=utf-8")
+    try:
+        return HttpResponse(url.document(), content_type="text/plain; charset=utf-8")
+    except cc.TooLarge as exc:
+        return JsonResponse({"detail": str(exc), "errors": {}, "code": "document_too_large"}, status=409)

@@ -11,6 +11,7 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from agent import cloudconfig as cc
 from fleetweb.updates.models import UpdateError
 
 
@@ -38,6 +39,13 @@ class Refused(exceptions.APIException):
         self.errors = {field: [detail]} if field else {}
 
 
+class DocumentTooLarge(exceptions.APIException):
+    """A merged cloud-config document over its budget (issue 9 §5): refused, not served."""
+
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "document_too_large"
+
+
 def _flatten(detail) -> dict:
     if isinstance(detail, dict):
         return {k: [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in detail.items()}
@@ -53,6 +61,8 @@ def exception_handler(exc, context):
         exc = Refused(exc.message, exc.field, exc.status)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound("Not found.")
+    if isinstance(exc, cc.TooLarge):
+        exc = DocumentTooLarge(str(exc))
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
