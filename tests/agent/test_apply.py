@@ -5,10 +5,11 @@ import base64
 import gzip
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
-from agent import apply
+from agent import apply, cloudconfig
 from agent.host import Host
 
 GZ = base64.b64encode(gzip.compress(b"compressed\n")).decode()
@@ -173,3 +174,15 @@ def test_update_settings_feed_update_conf_over_the_policy(tmp_path):
     assert apply.update_settings("#cloud-config\ncoreos:\n  update:\n    reboot_strategy: off\n") == \
         {"REBOOT_STRATEGY": "off"}
     assert apply.locksmith_dropin({}) == ""
+
+
+def test_an_alias_bomb_is_refused_and_reported_not_applied(host, tmp_path):
+    """issue 9 §5: the agent parses with the same node budget (fails on main before this fix)."""
+    bomb = (Path(__file__).resolve().parents[1] / "fixtures/cloudconfig/bomb_merge.yaml").read_text()
+    before = tree(host.root)
+    result = apply.apply(host, bomb + "hostname: pwned\n", revision=7, state_dir=tmp_path / "state")
+    limit = cloudconfig.MAX_NODES * cloudconfig.MERGE_FACTOR
+    assert len(result.errors) == 1
+    assert f"document expands to more than {limit} nodes (aliases)" in result.errors[0]
+    assert tree(host.root) == before
+    assert apply.load_state(tmp_path / "state")["errors"] == result.errors
