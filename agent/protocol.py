@@ -17,6 +17,7 @@ CLOSE_UNAUTHORIZED = 4401   # missing / wrong / revoked credential: do not retry
 CLOSE_REVOKED = 4403        # the credential was revoked, the host deleted or re-enrolled: register again
 CLOSE_REPLACED = 4409       # a newer connection with the same credential took over
 CLOSE_PROTOCOL = 4400       # too many protocol errors
+CLOSE_RATE_LIMITED = 4429   # frames over the connection's budget: back off before reconnecting
 
 # Error codes carried in ``error`` frames.
 ERR_MALFORMED = "malformed"        # not JSON, not an object, no type
@@ -24,6 +25,17 @@ ERR_TOO_LARGE = "too_large"        # frame over MAX_FRAME_BYTES
 ERR_UNKNOWN_TYPE = "unknown_type"  # a type this side does not know
 ERR_INVALID = "invalid"            # a known type with bad fields
 ERR_NOT_READY = "not_ready"        # a frame that needs a hello first
+ERR_RATE_LIMITED = "rate_limited"  # over the connection's frame budget: dropped (a warning)
+ERR_FORBIDDEN_KIND = "forbidden_kind"  # an event kind only the server records
+
+# The event kinds an agent may report (issue 9 §12); anything else (a forged "rollout_completed",
+# "key_rotated", "token_created") is refused and not stored.
+AGENT_EVENT_KINDS = frozenset({
+    "policy_applied", "cloud_config_applied", "command_unsupported",
+    "update_installed", "already_current", "update_error", "booted_new_version", "health_check_failed",
+    "rollback", "reboot_needed", "reboot_path", "reboot_waiting", "rebooting",
+    "lock_acquired", "lock_waiting", "lock_released", "signing_key_pinned", "signing_key_rotated",
+})
 
 UPDATE_STATUSES = (
     "IDLE", "CHECKING_FOR_UPDATE", "UPDATE_AVAILABLE", "DOWNLOADING", "VERIFYING",

@@ -267,6 +267,15 @@ FLEET_REENROLLMENT_WINDOW = envint("FLEET_REENROLLMENT_WINDOW", 3600)
 
 # cloud-config document budget, per-connection agent rate limits
 # (sec-yaml)
+# Agent websocket frames per connection: (refill per second, burst) for each budget; over budget
+# the frame is dropped with a warning, and FLEET_AGENT_RATE_TOLERANCE frames in a row over it
+# close the socket with 4429.  cloud-config limits (nodes, bytes, depth) live in agent/cloudconfig.py.
+FLEET_AGENT_FRAME_LIMITS = {
+    "hello": (envint("FLEET_AGENT_HELLO_PER_MINUTE", 6) / 60, envint("FLEET_AGENT_HELLO_BURST", 3)),
+    "event": (envint("FLEET_AGENT_EVENTS_PER_SECOND", 5), envint("FLEET_AGENT_EVENT_BURST", 200)),
+    "status": (envint("FLEET_AGENT_STATUS_PER_SECOND", 5), envint("FLEET_AGENT_STATUS_BURST", 50)),
+}
+FLEET_AGENT_RATE_TOLERANCE = envint("FLEET_AGENT_RATE_TOLERANCE", 20)
 
 # etcd least privilege
 # (sec-etcd)

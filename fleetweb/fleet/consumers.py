@@ -19,6 +19,7 @@ from fleetweb.core import live, secrets
 from fleetweb.core.hub import CLOSE_FRAME, hub
 
 from .choices import EventKind
+from .ratelimit import FrameLimiter
 from .writer import acks, hellos, writer
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.group_id = host.group_id
         self.hostname = host.hostname
         self.connection_id = uuid.uuid4()
+        self.limiter = FrameLimiter()
         self.state = {"update_status": host.update_status, "version": host.version,
                       "partitions": host.partitions, "status_seq": host.status_seq}
         await hub.join(f"host:{self.host_id}", self._from_host_key)
@@ -138,7 +140,33 @@ class AgentConsumer(AsyncWebsocketConsumer):
             if self.errors >= MAX_PROTOCOL_ERRORS:
                 await self.close(code=protocol.CLOSE_PROTOCOL)
             return
+        if not await self._within_budget(msg["type"]):
+            return
         await getattr(self, f"on_{msg['type']}")(msg)
+
+    async def _within_budget(self, frame_type: str) -> bool:
+        """Per-connection frame budgets (issue 9 §12): over budget the frame is dropped, the first
+        time with a warning; a host that keeps flooding is closed with 4429."""
+        verdict = self.limiter.check(frame_type)
+        if verdict == "ok":
+            return True
+        if verdict == "warn":
+            log.warning("host %s: %s frames over budget", self.host_id, frame_type)
+            await self.send(text_data=protocol.error_frame(
+                protocol.ERR_RATE_LIMITED, f"too many {frame_type} frames; slow down or be disconnected"))
+        elif verdict == "close":
+            log.warning("host %s: closed for flooding %s frames", self.host_id, frame_type)
+            await self.close(code=protocol.CLOSE_RATE_LIMITED)
+        return False
+
+    async def _refuse_kind(self, kind: str) -> None:
+        """An event kind agents may not record (a forged server event): refused, nothing stored."""
+        log.warning("host %s: refused event kind %r", self.host_id, kind[:64])
+        self.errors += 1
+        await self.send(text_data=protocol.error_frame(
+            protocol.ERR_FORBIDDEN_KIND, f"agents may not record {kind[:64]!r} events"))
+        if self.errors >= MAX_PROTOCOL_ERRORS:
+            await self.close(code=protocol.CLOSE_PROTOCOL)
 
     async def on_hello(self, msg):
         policy, update, host = await hellos.connect(self.host_id, self.connection_id, msg)
@@ -168,6 +196,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
                             {**self.state, "last_seen": timezone.now(), "online": True})
 
     async def on_event(self, msg):
+        if msg["kind"] not in protocol.AGENT_EVENT_KINDS:
+            await self._refuse_kind(msg["kind"])
+            return
         if msg["kind"] == "policy_applied":
             data = msg.get("data") or {}
             revision = data.get("revision")

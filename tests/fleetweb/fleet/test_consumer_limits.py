@@ -1,0 +1,81 @@
+"""A compromised host cannot flood the server nor forge server events (issue 9 §12).
+
+Both attack tests fail on main before this fix (no budget, any event kind stored)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from agent import protocol
+from fleetweb.asgi import application
+from fleetweb.fleet.models import Event, Host
+from fleetweb.fleet.ratelimit import FrameLimiter, TokenBucket
+from tests.fleetweb.fleet.test_consumers import hello
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FORGED = ["rollout_completed", "key_rotated", "token_created", "host_deleted", "credential_revoked",
+          "made_up_kind"]
+
+
+async def ready(host):
+    comm = WebsocketCommunicator(application, "/ws/agent/",
+                                 headers=[(b"authorization", f"Bearer {host.credential}".encode())])
+    connected, _ = await comm.connect()
+    assert connected
+    await comm.send_to(text_data=json.dumps(hello()))
+    assert json.loads(await comm.receive_from())["type"] == "policy"
+    return comm
+
+
+@pytest.fixture
+def host(web_group, make_host):
+    return make_host(web_group, hostname="web-1")
+
+
+async def test_a_host_cannot_record_server_event_kinds(host):
+    comm = await ready(host)
+    before = await Event.objects.acount()
+    for kind in FORGED:
+        await comm.send_to(text_data=protocol.encode("event", "agent", kind=kind, data={"rollout": 1}))
+        reply = json.loads(await comm.receive_from())
+        assert reply == {"type": "error", "code": "forbidden_kind",
+                         "message": f"agents may not record {kind!r} events"}
+    assert await Event.objects.acount() == before
+    assert not await Event.objects.filter(data__kind__in=FORGED).aexists()
+    await comm.disconnect()
+
+
+async def test_a_frame_flood_is_warned_then_closed_with_4429(host, settings):
+    settings.FLEET_AGENT_FRAME_LIMITS = {"hello": (0.1, 3), "event": (0.001, 5), "status": (0.001, 5)}
+    settings.FLEET_AGENT_RATE_TOLERANCE = 10
+    comm = await ready(host)
+    for seq in range(1, 40):
+        await comm.send_to(text_data=protocol.encode("status", "agent", update_status="IDLE", seq=seq))
+    warning = json.loads(await comm.receive_from())
+    assert warning["type"] == "error" and warning["code"] == protocol.ERR_RATE_LIMITED
+    assert await comm.receive_output() == {"type": "websocket.close", "code": protocol.CLOSE_RATE_LIMITED}
+    assert protocol.CLOSE_RATE_LIMITED == 4429
+    await comm.wait()
+    stored = await Host.objects.aget(pk=host.pk)
+    assert stored.status_seq <= 5          # only the burst got through
+
+
+def test_a_token_bucket_refills_with_its_clock():
+    now = [0.0]
+    bucket = TokenBucket(rate=2, burst=3, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    now[0] = 0.5
+    assert bucket.take() and not bucket.take()
+    now[0] = 100
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+
+
+def test_the_limiter_warns_once_then_closes(settings):
+    settings.FLEET_AGENT_FRAME_LIMITS = {"hello": (0, 1), "event": (0, 1), "status": (0, 1)}
+    settings.FLEET_AGENT_RATE_TOLERANCE = 3
+    limiter = FrameLimiter(clock=lambda: 0.0)
+    assert [limiter.check("status") for _ in range(4)] == ["ok", "warn", "drop", "close"]
+    assert limiter.check("event") == "ok"       # budgets are per frame kind
