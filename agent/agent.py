@@ -41,7 +41,7 @@ from agent.config import (
     save_state,
     store_etcd_policy,
 )
-from agent.connection import AuthRejected, Backoff, Connection, State, close_code, is_auth_close
+from agent.connection import AuthRejected, Backoff, Connection, State, close_code, is_auth_close, is_rate_limited_close
 from agent.host import DiskMissing
 from agent.updater import NEED_REBOOT, UpdateEngine
 from agent.window import parse_window
@@ -246,6 +246,10 @@ class Agent:
         except ConnectionClosed as exc:
             if is_auth_close(exc):
                 raise
+            if is_rate_limited_close(exc):
+                log.error("server closed with %s (too many frames); backing off", protocol.CLOSE_RATE_LIMITED)
+                self.backoff.rate_limited()
+                self._ready_at = None         # a long session must not reset this backoff
             conn.transition(State.DISCONNECTED, f"server closed: {exc}")
             return SESSION_DROPPED
         finally:

@@ -13,7 +13,7 @@ import random
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from agent.protocol import CLOSE_REPLACED, CLOSE_REVOKED, CLOSE_UNAUTHORIZED
+from agent.protocol import CLOSE_RATE_LIMITED, CLOSE_REPLACED, CLOSE_REVOKED, CLOSE_UNAUTHORIZED
 
 log = logging.getLogger("agent.connection")
 
@@ -50,6 +50,10 @@ class Backoff:
         # "equal jitter": at least half the base, so delays still grow.
         return base / 2 + self.rng.uniform(0, base / 2)
 
+    def rate_limited(self) -> None:
+        """The server closed us for flooding (4429): the next delays start near the cap."""
+        self.attempt = max(self.attempt, RATE_LIMITED_ATTEMPT)
+
     def auth_delay(self) -> float:
         self.attempt += 1
         return self.rng.uniform(self.auth_min, self.auth_max)
@@ -58,6 +62,13 @@ class Backoff:
 def close_code(exc: BaseException) -> int | None:
     rcvd = getattr(exc, "rcvd", None)
     return rcvd.code if rcvd is not None else None
+
+
+RATE_LIMITED_ATTEMPT = 6        # 2**6 s > the default 60 s cap: back off fully after a 4429
+
+
+def is_rate_limited_close(exc: BaseException) -> bool:
+    return isinstance(exc, ConnectionClosed) and close_code(exc) == CLOSE_RATE_LIMITED
 
 
 def is_auth_close(exc: BaseException) -> bool:

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import random
 
-from agent.connection import Backoff, Connection, State
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Close
+
+from agent import protocol
+from agent.connection import Backoff, Connection, State, is_auth_close, is_rate_limited_close
 
 
 def test_it_backs_off_exponentially_with_jitter_up_to_the_cap():
@@ -28,3 +32,12 @@ def test_it_starts_disconnected_and_logs_each_transition(caplog):
         conn.transition(State.CONNECTING, "test")
         conn.transition(State.CONNECTING, "again")          # no-op, no line
     assert [r.getMessage() for r in caplog.records] == ["connection DISCONNECTED -> CONNECTING (test)"]
+
+
+def test_a_4429_close_backs_off_near_the_cap():
+    closed = ConnectionClosed(Close(protocol.CLOSE_RATE_LIMITED, "too many frames"), None)
+    assert is_rate_limited_close(closed) and not is_auth_close(closed)
+    assert not is_rate_limited_close(ConnectionClosed(Close(1000, "bye"), None))
+    b = Backoff(initial=1, cap=60, rng=random.Random(3))
+    b.rate_limited()
+    assert all(30 <= b.next_delay() <= 60 for _ in range(5))
