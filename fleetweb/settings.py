@@ -60,9 +60,11 @@ _public = urlparse(FLEET_PUBLIC_URL)
 if _public.scheme not in ("http", "https") or not _public.netloc:
     raise ImproperlyConfigured(f"FLEET_PUBLIC_URL must be an http(s) URL, not {FLEET_PUBLIC_URL!r}")
 
-# The hosts this server answers for: the public URL's host and loopback unless ALLOWED_HOSTS says
-# otherwise (never "*" by default: the dashboard websocket's origin check relies on it).
-ALLOWED_HOSTS = [h.strip() for h in (env("ALLOWED_HOSTS", "") or "").split(",") if h.strip()] or [
+# The hosts this server answers for: the public URL's host and loopback unless FLEET_ALLOWED_HOSTS
+# (or ALLOWED_HOSTS) says otherwise (never "*" by default: the dashboard websocket's origin check
+# relies on it).
+ALLOWED_HOSTS = [h.strip() for h in (env("FLEET_ALLOWED_HOSTS") or env("ALLOWED_HOSTS") or "").split(",")
+                 if h.strip()] or [
     _public.hostname, "localhost", "127.0.0.1", "[::1]"]
 CSRF_TRUSTED_ORIGINS = [f"{_public.scheme}://{_public.netloc}"]
 

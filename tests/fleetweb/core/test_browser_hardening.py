@@ -8,7 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
 from django.test import Client
+
+from fleetweb.core.routing import websocket_urlpatterns
 
 ROOT = Path(__file__).resolve().parents[3]
 PRODUCTION = {"SECRET_KEY": "x" * 20 + "production-secret-key-for-the-test", "DEBUG": "false",
@@ -16,7 +20,8 @@ PRODUCTION = {"SECRET_KEY": "x" * 20 + "production-secret-key-for-the-test", "DE
 
 
 def run(code: str, **env) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if k not in ("ALLOWED_HOSTS", "FLEET_PUBLIC_URL", "DEBUG")}
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("ALLOWED_HOSTS", "FLEET_ALLOWED_HOSTS", "FLEET_PUBLIC_URL", "DEBUG")}
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**base, "DJANGO_SETTINGS_MODULE": "fleetweb.settings", "PYTHONPATH": str(ROOT),
                                **env})
@@ -50,3 +55,16 @@ def test_a_foreign_host_header_is_refused(settings):
     settings.ALLOWED_HOSTS = ["fleet.example.com", "localhost", "127.0.0.1", "[::1]"]
     assert Client(HTTP_HOST="evil.example.net").get("/login/").status_code == 400
     assert Client(HTTP_HOST="fleet.example.com").get("/login/").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_the_dashboard_websocket_refuses_a_foreign_origin(settings):
+    """A page on another site cannot open the dashboard socket with the victim's cookie: the origin
+    check follows ALLOWED_HOSTS, which is no longer "*"."""
+    settings.ALLOWED_HOSTS = ["fleet.example.com", "localhost", "127.0.0.1", "[::1]"]
+    app = URLRouter(websocket_urlpatterns)
+    evil = WebsocketCommunicator(app, "/ws/ui/", headers=[(b"origin", b"https://evil.example.net")])
+    connected, _ = await evil.connect()
+    assert not connected
+    await evil.disconnect()

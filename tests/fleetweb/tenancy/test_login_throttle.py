@@ -4,6 +4,7 @@ API keys are throttled per address.  Each attack below succeeded (or hashed) bef
 from __future__ import annotations
 
 import pytest
+from axes.models import AccessAttempt
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.core.management import CommandError, call_command
 from django.test import Client
@@ -62,6 +63,17 @@ def test_the_admin_login_is_covered(alice):
     fail(Client(), url="/admin/login/")
     r = Client().post("/admin/login/", {"username": "alice", "password": PASSWORD})
     assert r.status_code == 429
+
+
+def test_the_lock_is_kept_in_the_database_so_every_process_sees_it(alice):
+    """Another web process is another client with no shared memory: the lock is the database's
+    AccessAttempt row, which a second client from another address (same username) runs into."""
+    fail(Client(REMOTE_ADDR="10.1.1.1"))
+    assert AccessAttempt.objects.filter(username="alice", failures_since_start__gte=LIMIT).exists()
+    second = Client(REMOTE_ADDR="10.2.2.2")
+    assert second.post("/login/", {"username": "alice", "password": PASSWORD}).status_code == 429
+    AccessAttempt.objects.all().delete()  # the database is the only store: clear it and the lock is gone
+    assert second.post("/login/", {"username": "alice", "password": PASSWORD}).status_code == 302
 
 
 def test_a_good_login_before_the_limit_resets_the_count(alice):
