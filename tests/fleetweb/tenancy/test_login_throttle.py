@@ -3,10 +3,17 @@ address or a username after FLEET_LOGIN_FAILURE_LIMIT failures, before any passw
 API keys are throttled per address.  Each attack below succeeded (or hashed) before this fix."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
 import pytest
 from axes.models import AccessAttempt
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.test import Client
 from rest_framework.test import APIClient
 
@@ -14,6 +21,7 @@ from fleetweb.tenancy.models import Organization
 from tests.conftest import PASSWORD
 
 LIMIT = 5
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class CountingHasher(PBKDF2PasswordHasher):
@@ -74,6 +82,31 @@ def test_the_lock_is_kept_in_the_database_so_every_process_sees_it(alice):
     assert second.post("/login/", {"username": "alice", "password": PASSWORD}).status_code == 429
     AccessAttempt.objects.all().delete()  # the database is the only store: clear it and the lock is gone
     assert second.post("/login/", {"username": "alice", "password": PASSWORD}).status_code == 302
+
+
+SECOND_PROCESS = """
+import django, os, sys
+django.setup()
+from django.test import Client
+from django.test.utils import setup_test_environment
+setup_test_environment()
+r = Client(REMOTE_ADDR="10.3.3.3").post("/login/", {"username": "alice", "password": os.environ["LOGIN_PASSWORD"]})
+print(r.status_code)
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_process_on_the_same_database_is_locked_out_too(alice):
+    """A real second Python process (another web worker) reads the same database: it refuses alice."""
+    fail(Client(REMOTE_ADDR="10.1.1.1"))
+    db = connection.settings_dict
+    url = (f"sqlite:///{db['NAME']}" if connection.vendor == "sqlite"
+           else urlparse(os.environ["DATABASE_URL"])._replace(path="/" + db["NAME"]).geturl())
+    env = {**os.environ, "DATABASE_URL": url, "LOGIN_PASSWORD": PASSWORD, "PYTHONPATH": str(ROOT),
+           "DJANGO_SETTINGS_MODULE": "fleetweb.settings"}
+    res = subprocess.run([sys.executable, "-c", SECOND_PROCESS], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.stdout.strip().splitlines()[-1:] == ["429"], res.stderr[-2000:]
 
 
 def test_a_good_login_before_the_limit_resets_the_count(alice):
