@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def get(path: str) -> tuple[int, dict, bytes]:
-    comm = HttpCommunicator(asgi.application, "GET", path)
+    comm = HttpCommunicator(asgi.application, "GET", path, headers=[(b"host", b"127.0.0.1")])
     response = await comm.get_response(timeout=10)
     return response["status"], {k.decode().lower(): v.decode() for k, v in response["headers"]}, response["body"]
 
