@@ -266,6 +266,9 @@ X_FRAME_OPTIONS = "DENY"
 # re-enrollment and revocation
 # An operator's "allow re-enrollment" on a host lasts this long (seconds), for one registration.
 FLEET_REENROLLMENT_WINDOW = envint("FLEET_REENROLLMENT_WINDOW", 3600)
+# Each web process rechecks its open agent sockets' credentials this often (seconds): the safety net
+# should a revocation's close message be lost.
+FLEET_CREDENTIAL_RECHECK = envint("FLEET_CREDENTIAL_RECHECK", 60)
 
 # cloud-config document budget, per-connection agent rate limits
 # (sec-yaml)

@@ -18,6 +18,7 @@ from agent import protocol
 from fleetweb.core import live, secrets
 from fleetweb.core.hub import CLOSE_FRAME, hub
 
+from . import sweeper
 from .choices import EventKind
 from .ratelimit import FrameLimiter
 from .writer import acks, hellos, writer
@@ -78,6 +79,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                       "partitions": host.partitions, "status_seq": host.status_seq}
         await hub.join(f"host:{self.host_id}", self._from_host_key)
         await hub.join(f"group:{self.group_id}", self._send_text)
+        sweeper.track(self.credential_lookup, self._close_with)
         live.bind_loop()
         # One socket per host: this one replaces any other, in whichever web process holds it.
         hub.close(f"host:{self.host_id}", protocol.CLOSE_REPLACED, "a newer connection took over",
@@ -94,10 +96,14 @@ class AgentConsumer(AsyncWebsocketConsumer):
             return
         hub.leave(f"host:{self.host_id}", self._from_host_key)
         hub.leave(f"group:{self.group_id}", self._send_text)
+        sweeper.untrack(self.credential_lookup, self._close_with)
         if self.ready:
             await writer.flush(self.host_id, self.connection_id)  # this socket's last frames first, then offline
             await acks.flush(self.host_id, self.connection_id)
             await self._mark_offline(code)
+
+    async def _close_with(self, code: int) -> None:
+        await self.close(code=code)
 
     # -- frames from the hub ---------------------------------------------------------------
     async def _send_text(self, text: str) -> None:

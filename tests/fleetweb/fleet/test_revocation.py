@@ -10,6 +10,7 @@ import json
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.utils import timezone
 
 from agent import protocol
 from fleetweb.asgi import application
@@ -40,6 +41,7 @@ async def closed_with(comm) -> int:
     while True:
         out = await comm.receive_output(timeout=5)
         if out["type"] == "websocket.close":
+            await comm.disconnect()  # what a real server reports after a close: the consumer cleans up
             return out["code"]
 
 
@@ -90,3 +92,16 @@ async def test_a_second_connection_with_the_same_credential_replaces_the_first(h
     await sync_to_async(group.push_policy)()
     assert json.loads(await second.receive_from(timeout=5))["type"] == "policy"  # the new one is served
     await second.disconnect()
+
+
+async def test_a_lost_close_message_is_made_good_by_the_credential_recheck(host):
+    """The hub's close can be lost (Redis pub/sub while a process re-subscribes): the periodic
+    recheck closes a socket whose credential was revoked without any message."""
+    from fleetweb.fleet import sweeper
+
+    comm = await ready(host.credential)
+    # Revoked behind the hub's back: no close message is published.
+    await HostCredential.objects.filter(host_id=host.pk).aupdate(revoked_at=timezone.now())
+    assert await sweeper.sweep() == 1
+    assert await closed_with(comm) == protocol.CLOSE_REVOKED
+    assert await sweeper.sweep() == 0  # a valid socket is left alone (and the closed one is gone)
