@@ -387,7 +387,9 @@ def update(request, secret: str | None = None):
     if secret is not None:
         group = OmahaUrl.objects.authenticate(secret)
         if group is None:
-            return HttpResponse("unknown or revoked Omaha URL\n", status=404, content_type="text/plain")
+            refused = HttpResponse("unknown or revoked Omaha URL\n", status=404, content_type="text/plain")
+            refused._has_been_logged = True  # django.request would log the path, secret included
+            return refused
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
