@@ -18,5 +18,6 @@ urlpatterns = [
     path("rollouts/", views.rollout_list, name="rollout-list"),
     path("rollouts/<int:pk>/", views.rollout_detail, name="rollout-detail"),
     path("rollouts/<int:pk>/<str:action>", views.rollout_action, name="rollout-action"),
+    path("groups/<int:pk>/omaha-url", views.group_omaha_url, name="group-omaha-url"),
     path("groups/<int:pk>/rollout-policy", views.group_rollout_policy, name="group-rollout-policy"),
 ]

@@ -3,6 +3,7 @@ the anonymous ``/v1/update/`` that writes nothing, agent-managed hosts, bounded 
 ``/api/v1/groups/{id}/omaha-url`` API.  The attack tests fail on main before this fix."""
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -205,3 +206,24 @@ def test_only_an_admin_of_the_organization_may_issue_or_revoke(operator, bob, ch
     assert charlie.delete(api(web_group)).status_code == 404
     assert charlie.get(api(web_group)).status_code == 404
     assert OmahaUrl.objects.count() == before
+
+
+# --- dashboard -------------------------------------------------------------------------------
+
+def test_the_group_page_issues_the_update_conf_lines_once_and_revokes(alice, bob, web_group):
+    web = Client()
+    web.force_login(alice.user)
+    page = f"/groups/{web_group.pk}/omaha-url"
+    assert "omaha-url" in web.get(f"/groups/{web_group.pk}/").content.decode()
+    assert "No Omaha URL" in web.get(page, HTTP_HX_REQUEST="true").content.decode()
+    r = web.post(page, {"action": "rotate"}, HTTP_HX_REQUEST="true")
+    [url] = re.findall(r"SERVER=(\S+/v1/update/fwo_\S+/)", r.content.decode())
+    assert f"SERVER={url}\nGROUP=stable" in r.content.decode()
+    assert app_of(post(path(url), request_xml("f" * 32))).get("status") == "ok"
+    shown = web.get(page).content.decode()
+    assert url not in shown and OmahaUrl.objects.get(group=web_group).masked in shown
+    viewer = Client()
+    viewer.force_login(bob.user)
+    assert viewer.post(page, {"action": "revoke"}).status_code == 403
+    web.post(page, {"action": "revoke"})
+    assert post(path(url), request_xml("f" * 32)).status_code == 404
