@@ -376,6 +376,32 @@ class HostManager(models.Manager):
                 out.append(exc)
         return out
 
+    def omaha_managed(self, organization_id: int, machine_id: str):
+        """The organization's host with this machine id, and whether an Omaha request may act on
+        it: False for an agent-managed host (it holds or held an agent credential)."""
+        host = (self.filter(organization_id=organization_id, machine_id=machine_id)
+                .only("pk", "organization_id", "group_id", "hostname", "version", "boot_id").first())
+        if host is None:
+            return None, True
+        return host, not HostCredential.objects.filter(host_id=host.pk).exists()
+
+    def enroll_omaha(self, group, machine_id: str, *, version: str = "", boot_id: str = "",
+                     channel: str = "") -> "Host":
+        """Enroll an update_engine machine seen for the first time on its group's Omaha URL (no
+        agent, no credential).  A machine id the organization already knows is returned as is:
+        never moved to another group."""
+        try:
+            with transaction.atomic():
+                host = self.create(organization_id=group.organization_id, group=group, machine_id=machine_id,
+                                   hostname=f"omaha-{machine_id[:12]}", version=version, boot_id=boot_id,
+                                   channel=channel)
+                Event.objects.record(group.organization_id, EventKind.REGISTERED,
+                                     f"Host {host.hostname} registered in group {group.name} (Omaha)",
+                                     host=host, group=group, data={"machine_id": machine_id, "omaha": True})
+        except IntegrityError:  # enrolled meanwhile by another request
+            return self.get(organization_id=group.organization_id, machine_id=machine_id)
+        return host
+
     def _register_batch(self, requests: list[dict]) -> list:
         tokens = EnrollmentToken.objects.redeem_many([r["token"] for r in requests])
         accepted = [(i, r, t) for i, (r, t) in enumerate(zip(requests, tokens, strict=True))

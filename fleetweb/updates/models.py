@@ -24,6 +24,9 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from agent import signing
+from fleetweb.core import secrets
+from fleetweb.fleet.choices import EventKind
+from fleetweb.fleet.models import Event
 
 from .choices import ChannelAction, ChannelName, HostUpdateState, RolloutStatus
 
@@ -650,3 +653,72 @@ class RolloutHost(models.Model):
         if progress is not None:
             fields["progress"] = progress
         return RolloutHost.objects.filter(pk=self.pk, state__in=HostUpdateState.in_flight()).update(**fields) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Omaha URLs
+# ---------------------------------------------------------------------------------------------
+
+class OmahaUrlManager(models.Manager):
+    @transaction.atomic
+    def rotate(self, group, actor: str = "") -> tuple["OmahaUrl", str]:
+        """A new secret for the group's Omaha URL (update_engine's ``SERVER=``); the old URL
+        stops working at once.  The secret is shown once."""
+        new = secrets.new_secret("fwo")
+        existed = self.filter(group=group).exists()
+        obj, _ = self.update_or_create(group=group, defaults={
+            "organization_id": group.organization_id, "lookup": new.lookup, "digest": new.digest,
+            "created": timezone.now(), "created_by": actor})
+        Event.objects.record(group.organization_id, EventKind.OMAHA_URL_ROTATED,
+                             f"Omaha URL of group {group.name} {'rotated' if existed else 'created'} "
+                             f"by {actor or 'the server'}", group=group, actor=actor)
+        return obj, new.secret
+
+    @transaction.atomic
+    def revoke(self, group, actor: str = "") -> bool:
+        deleted, _ = self.filter(group=group).delete()
+        if deleted:
+            Event.objects.record(group.organization_id, EventKind.OMAHA_URL_REVOKED,
+                                 f"Omaha URL of group {group.name} revoked by {actor or 'the server'}",
+                                 group=group, actor=actor)
+        return bool(deleted)
+
+    def authenticate(self, secret: str):
+        """The group whose active Omaha URL carries this secret, or None."""
+        lookup = secrets.split(secret, "fwo")
+        if lookup is None:
+            return None
+        obj = self.select_related("group").filter(lookup=lookup).first()
+        if obj is None or not secrets.matches(secret, obj.digest):
+            return None
+        return obj.group
+
+
+class OmahaUrl(models.Model):
+    """The per-group Omaha URL (one active per group): only requests on it can enroll and move
+    Omaha-managed hosts; the anonymous ``/v1/update/`` writes nothing."""
+
+    organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE, related_name="omaha_urls")
+    group = models.OneToOneField("fleet.Group", on_delete=models.CASCADE, related_name="omaha_url")
+    lookup = models.CharField(max_length=12, unique=True)
+    digest = models.CharField(max_length=64)
+    created = models.DateTimeField(default=timezone.now)
+    created_by = models.CharField(max_length=150, blank=True)
+
+    objects = OmahaUrlManager()
+
+    def __str__(self) -> str:
+        return self.masked
+
+    @property
+    def masked(self) -> str:
+        return f"fwo_{self.lookup}_…"
+
+    @staticmethod
+    def url(secret: str) -> str:
+        return f"{settings.FLEET_PUBLIC_URL}/v1/update/{secret}/"
+
+    @staticmethod
+    def update_conf(secret: str, group) -> str:
+        """The lines to paste into ``/etc/flatcar/update.conf`` (or ``/etc/coreos/update.conf``)."""
+        return f"SERVER={OmahaUrl.url(secret)}\nGROUP={group.channel.name}\n"

@@ -30,12 +30,18 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from fleetweb.fleet.choices import EventKind
+from fleetweb.fleet.models import Host
 
 from .choices import HostUpdateState, RolloutStatus
+from .models import OmahaUrl
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+MAX_APPS = 16
+MAX_EVENTS = 8
+# The operating system's application ids (Container Linux / Flatcar; update_engine sends the braces).
+KNOWN_APPIDS = {"e96281a6-d1af-4bde-9a0a-97b76e56dc57"}
 PROTOCOL = "3.0"
 SERVER = "fleetweb"
 CONTENT_TYPE = "text/xml"
@@ -122,8 +128,13 @@ def parse(body: bytes) -> list[OmahaApp]:
         raise OmahaError(f"expected a <request> element, not <{root.tag[:50]}>")
     if root.get("protocol") != PROTOCOL:
         raise OmahaError(f"unsupported Omaha protocol {str(root.get('protocol'))[:20]!r}: expected {PROTOCOL}")
+    nodes = root.findall("app")
+    if len(nodes) > MAX_APPS:
+        raise OmahaError(f"too many <app> elements: at most {MAX_APPS}")
     apps = []
-    for node in root.findall("app"):
+    for node in nodes:
+        if len(node.findall("event")) > MAX_EVENTS:
+            raise OmahaError(f"too many <event> elements in an <app>: at most {MAX_EVENTS}")
         app = OmahaApp(appid=(node.get("appid") or "")[:64], version=(node.get("version") or "").strip()[:64],
                        track=(node.get("track") or "").strip()[:16],
                        machine_id=_clean_id(node.get("machineid") or root.get("machineid"))[:64],
@@ -179,18 +190,6 @@ def _b64(hexdigest: str) -> str:
 # Hosts and rollout entries
 # ---------------------------------------------------------------------------------------------
 
-def find_host(machine_id: str):
-    """The one registered host with this machine id; None when unknown or ambiguous (known to
-    several organizations: we cannot tell which one asks)."""
-    from fleetweb.fleet.models import Host
-
-    if not machine_id:
-        return None
-    hosts = list(Host.objects.filter(machine_id=machine_id)
-                 .only("pk", "organization_id", "group_id", "hostname", "version", "boot_id")[:2])
-    return hosts[0] if len(hosts) == 1 else None
-
-
 def _current_entry(host_id):
     """The host's latest rollout entry still in flight (any step: an update installed before its
     rollout was paused still reports its reboot)."""
@@ -203,8 +202,6 @@ def _current_entry(host_id):
 
 def _touch(host, app: OmahaApp, update_status: str | None = None) -> None:
     """What the request tells about the host, in one small UPDATE."""
-    from fleetweb.fleet.models import Host
-
     fields = {"last_seen": timezone.now(), "online": True}
     if app.version:
         fields["version"] = app.version
@@ -334,14 +331,32 @@ def _updatecheck_ok(parent, host, entry) -> bool:
     return True
 
 
-def answer(apps: list[OmahaApp]) -> bytes:
+def _app_host(group, app: OmahaApp):
+    """The Omaha-managed host of the group's organization this app speaks for (enrolled in the
+    group on its first request), or None: no machine id, or an agent-managed host."""
+    if not app.machine_id:
+        return None
+    host, omaha_managed = Host.objects.omaha_managed(group.organization_id, app.machine_id)
+    if host is None:
+        host = Host.objects.enroll_omaha(group, app.machine_id, version=app.version, boot_id=app.boot_id,
+                                         channel=app.track)
+        omaha_managed = not host.credentials.exists()
+    return host if omaha_managed else None
+
+
+def answer(apps: list[OmahaApp], group=None) -> bytes:
+    """The response.  Without a group (the anonymous ``/v1/update/``) nothing is read or written:
+    every update check is ``noupdate``."""
     now = timezone.now()
     root = ET.Element("response", protocol=PROTOCOL, server=SERVER)
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     ET.SubElement(root, "daystart", elapsed_seconds=str(int((now - midnight).total_seconds())))
     for app in apps:
+        if _clean_id(app.appid).lower() not in KNOWN_APPIDS:
+            ET.SubElement(root, "app", appid=app.appid, status="error-unknownApplication")
+            continue
         node = ET.SubElement(root, "app", appid=app.appid, status="ok")
-        host = find_host(app.machine_id)
+        host = _app_host(group, app) if group is not None else None
         status = None
         if host is not None:
             with transaction.atomic():
@@ -365,7 +380,16 @@ def _bad_request(message: str) -> HttpResponse:
 
 @csrf_exempt
 @require_POST
-def update(request):
+def update(request, secret: str | None = None):
+    """``/v1/update/<secret>/``: the group's Omaha URL.  ``/v1/update/`` (no secret): answers
+    without reading or writing any host, so an old ``SERVER=`` fails safe."""
+    group = None
+    if secret is not None:
+        group = OmahaUrl.objects.authenticate(secret)
+        if group is None:
+            refused = HttpResponse("unknown or revoked Omaha URL\n", status=404, content_type="text/plain")
+            refused._has_been_logged = True  # django.request would log the path, secret included
+            return refused
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
@@ -377,4 +401,4 @@ def update(request):
         apps = parse(body)
     except OmahaError as exc:
         return _bad_request(str(exc)[:200])
-    return HttpResponse(answer(apps), content_type=CONTENT_TYPE)
+    return HttpResponse(answer(apps, group), content_type=CONTENT_TYPE)

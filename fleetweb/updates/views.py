@@ -13,7 +13,8 @@ from django.http import Http404, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.http import require_POST
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods, require_POST
 
 from fleetweb.core.htmx import is_htmx, template_for
 from fleetweb.core.views import can_operate, member_required, org_events, require_operator
@@ -23,7 +24,7 @@ from fleetweb.tenancy.choices import Role
 
 from .choices import ChannelName, HostUpdateState, RolloutStatus
 from .forms import ReleaseChoiceForm, ReleaseUploadForm, RolloutPolicyForm
-from .models import Channel, ChannelRelease, Release, Rollout, UpdateError
+from .models import Channel, ChannelRelease, OmahaUrl, Release, Rollout, UpdateError
 
 INVALID = 422   # input to fix (form errors)
 CONFLICT = 409  # refused in this state (promotion blocked, rollout already paused, ...)
@@ -375,3 +376,26 @@ def group_rollout_policy(request, pk):
     from fleetweb.fleet.views import _group_context  # the rest of the group page is the fleet app's
 
     return render(request, "fleet/group_detail.html", _group_context(request, group, **panel), status=status)
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+@member_required
+def group_omaha_url(request, pk):
+    """The group's Omaha URL panel; an admin issues/rotates (the update.conf lines are in this
+    response only: no redirect, nothing stored in clear) or revokes it."""
+    group = get_object_or_404(Group.objects.filter(organization=request.organization).select_related("channel"),
+                              pk=pk)
+    secret = None
+    if request.method == "POST":
+        if not Role.at_least(request.role, Role.ADMIN):
+            raise PermissionDenied("This needs the admin role.")
+        if request.POST.get("action") == "revoke":
+            OmahaUrl.objects.revoke(group, actor=_actor(request))
+        else:
+            secret = OmahaUrl.objects.rotate(group, actor=_actor(request))[1]
+    context = {"group": group, "omaha_url": OmahaUrl.objects.filter(group=group).first(), "omaha_secret": secret,
+               "omaha_update_conf": OmahaUrl.update_conf(secret, group) if secret else "",
+               "is_admin": Role.at_least(request.role, Role.ADMIN), "nav": "groups"}
+    return render(request, template_for(request, "updates/group_omaha_url.html", "htmx/updates/group_omaha_url.html"),
+                  context)

@@ -200,3 +200,17 @@ class SigningKeySerializer(serializers.ModelSerializer):
 
     def get_algorithm(self, key) -> str:
         return "ed25519"
+
+
+class OmahaUrlSerializer(serializers.Serializer):
+    """A group's Omaha URL as stored: the secret itself is never shown again."""
+
+    group = serializers.IntegerField(source="group_id")
+    url = serializers.CharField(source="masked", help_text="masked: the secret is shown once, when issued")
+    created = serializers.DateTimeField()
+    created_by = serializers.CharField()
+
+
+class OmahaUrlIssuedSerializer(serializers.Serializer):
+    url = serializers.CharField(help_text="update_engine's SERVER=; shown once")
+    update_conf = serializers.CharField(help_text="the update.conf lines to paste (SERVER=, GROUP=); shown once")

@@ -11,6 +11,7 @@ router.register("rollouts", views.RolloutViewSet, basename="rollout")
 
 urlpatterns = [
     path("rollouts/<int:id>/hosts", views.RolloutHostListView.as_view(), name="rollout-hosts"),
+    path("groups/<int:id>/omaha-url", views.GroupOmahaUrlView.as_view(), name="group-omaha-url"),
     path("signing-key/", views.SigningKeyView.as_view(), name="signing-key"),
     path("signing-key/rotate", views.SigningKeyRotateView.as_view(), name="signing-key-rotate"),
     *router.urls,

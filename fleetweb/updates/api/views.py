@@ -14,14 +14,17 @@ from rest_framework.views import APIView
 
 from fleetweb.core.api import Conflict, Refused
 from fleetweb.fleet.api.serializers import ErrorSerializer
+from fleetweb.fleet.models import Group
 from fleetweb.tenancy.api.base import OrganizationScoped
 from fleetweb.tenancy.choices import Role
 
 from ..filtersets import ReleaseFilterSet, RolloutFilterSet, RolloutHostFilterSet
-from ..models import Channel, ChannelRelease, Release, Rollout, RolloutHost, SigningKey
+from ..models import Channel, ChannelRelease, OmahaUrl, Release, Rollout, RolloutHost, SigningKey
 from .serializers import (
     ChannelActionSerializer,
     ChannelSerializer,
+    OmahaUrlIssuedSerializer,
+    OmahaUrlSerializer,
     PromoteSerializer,
     ReleaseChoiceSerializer,
     ReleaseDetailSerializer,
@@ -233,3 +236,46 @@ class SigningKeyRotateView(APIView):
     def post(self, request):
         actor = getattr(request.user, "username", None) or str(request.user)
         return Response(SigningKeySerializer(SigningKey.objects.rotate(request.organization, actor=actor)).data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Omaha URLs
+# ---------------------------------------------------------------------------------------------
+
+@extend_schema(tags=["omaha"], parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH)])
+class GroupOmahaUrlView(APIView):
+    """A group's Omaha URL (update_engine's ``SERVER=``): read (masked), issue or rotate (admin;
+    the URL is shown once, the old one stops working), revoke (admin)."""
+
+    write_role = Role.ADMIN
+
+    def group(self, request, id):
+        group = Group.objects.select_related("channel").filter(
+            organization=getattr(request, "organization", None), pk=id).first()
+        if group is None:
+            raise exceptions.NotFound("No such group.")
+        return group
+
+    @property
+    def actor(self) -> str:
+        return getattr(self.request.user, "username", None) or str(self.request.user)
+
+    @extend_schema(responses={200: OmahaUrlSerializer, 404: refused("No such group, or no Omaha URL")})
+    def get(self, request, id):
+        url = OmahaUrl.objects.filter(group=self.group(request, id)).first()
+        if url is None:
+            raise exceptions.NotFound("The group has no Omaha URL.")
+        return Response(OmahaUrlSerializer(url).data)
+
+    @extend_schema(request=None, responses={201: OmahaUrlIssuedSerializer, 404: refused("No such group")})
+    def post(self, request, id):
+        group = self.group(request, id)
+        _, secret = OmahaUrl.objects.rotate(group, actor=self.actor)
+        return Response({"url": OmahaUrl.url(secret), "update_conf": OmahaUrl.update_conf(secret, group)},
+                        status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={204: None, 404: refused("No such group, or no Omaha URL")})
+    def delete(self, request, id):
+        if not OmahaUrl.objects.revoke(self.group(request, id), actor=self.actor):
+            raise exceptions.NotFound("The group has no Omaha URL.")
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -14,7 +14,29 @@ from fleetweb.updates.choices import HostUpdateState, RolloutStatus
 from fleetweb.updates.models import Rollout, RolloutHost
 
 APPID = "{e96281a6-d1af-4bde-9a0a-97b76e56dc57}"
-URL = "/v1/update/"
+URL = "/v1/update/"  # replaced by the web group's Omaha URL (the anonymous one writes nothing)
+
+
+@pytest.fixture(autouse=True)
+def omaha_url(web_group, monkeypatch):
+    from fleetweb.updates.models import OmahaUrl
+
+    _, secret = OmahaUrl.objects.rotate(web_group, actor="alice")
+    monkeypatch.setitem(globals(), "URL", f"/v1/update/{secret}/")
+    return secret
+
+
+@pytest.fixture
+def make_host(make_host):
+    """Hosts of these tests run update_engine alone: Omaha-managed (no agent credential)."""
+    from fleetweb.fleet.models import HostCredential
+
+    def make(group, hostname=None, **kw):
+        host = make_host(group, hostname, **kw)
+        HostCredential.objects.filter(host=host).delete()
+        return host
+
+    return make
 
 
 def request_xml(machine_id, version="100.0.0", *, ping=True, updatecheck=True, events=(), track="stable",
@@ -195,20 +217,16 @@ def test_it_records_other_errors_as_update_errors_with_the_omaha_code(granted_ho
     assert Event.objects.get(host=granted_host, kind="update_error").data["code"] == "omaha_7"
 
 
-def test_it_answers_an_unknown_machine_noupdate_and_stores_nothing(granted_host, other_group, make_host):
-    events_before, hosts_before = Event.objects.count(), list(Host.objects.values_list("pk", "last_seen"))
-    app = app_of(post(request_xml("f" * 32, events=[(3, 0, 44)])))
-    assert app.find("updatecheck").get("status") == "noupdate"
+def test_a_machine_id_another_organization_also_knows_touches_only_this_organizations_host(
+        granted_host, other_group, make_host):
+    theirs = make_host(other_group, machine_id=granted_host.machine_id)
+    events_before = Event.objects.filter(organization=other_group.organization).count()
+    app = app_of(post(request_xml(granted_host.machine_id, updatecheck=False, events=[(3, 0, 7)])))
     assert app.find("event").get("status") == "ok"
-    assert Event.objects.count() == events_before
-    assert list(Host.objects.values_list("pk", "last_seen")) == hosts_before
-    # A machine id two organizations know is treated as unknown: the same answer, nothing stored.
-    make_host(other_group, machine_id=granted_host.machine_id)
-    events_before = Event.objects.count()
-    app = app_of(post(request_xml(granted_host.machine_id, events=[(3, 0, 44)])))
-    assert app.find("updatecheck").get("status") == "noupdate"
-    assert Event.objects.count() == events_before
-    assert entry_of(granted_host).state == HostUpdateState.GRANTED
+    assert entry_of(granted_host).state == HostUpdateState.FAILED
+    theirs.refresh_from_db()
+    assert theirs.last_seen is None and theirs.group_id == other_group.pk
+    assert Event.objects.filter(organization=other_group.organization).count() == events_before
 
 
 def test_it_refuses_an_oversized_body_and_stores_nothing(granted_host):
@@ -232,6 +250,7 @@ def test_it_refuses_malformed_xml_and_other_protocols(web_group, make_host):
     r = post(b"<hello/>")
     assert r.status_code == 400
     assert Client().get(URL).status_code == 405
+    assert Client().get("/v1/update/").status_code == 405
 
 
 @pytest.mark.parametrize("body", [
