@@ -155,3 +155,78 @@ def enable_auth(endpoints, username: str, password: str) -> bool:
         return True
     finally:
         plain.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-host users (issue 9 §8): least privilege
+# ---------------------------------------------------------------------------------------------
+
+def host_permissions(host) -> list[tuple[int, bytes, bytes]]:
+    """What a host's etcd role may touch: ``(permType, key, range_end)``.
+
+    Read-write on its group's semaphore key only (locksmith's layout under the organization's
+    prefix); read on the organization-level cluster-configuration keys (``config/`` without
+    ``config/groups/``) and on its own group's (``config/groups/<slug>/``).  Nothing else: not
+    another group's semaphore, not another group's configuration, not the organization's config
+    for writing.
+    """
+    from pyetcd.etcdrpc import auth_pb2
+
+    from agent.locksmith import group_key
+
+    prefix = org_prefix(host.organization)
+    config = f"{prefix}config/"
+    groups = f"{config}groups/"
+    read, readwrite = auth_pb2.Permission.READ, auth_pb2.Permission.READWRITE
+    return [
+        (readwrite, group_key(host.group.slug, prefix).encode(), b""),
+        (read, config.encode(), groups.encode()),                       # org-level keys before groups/
+        (read, prefix_range_end(groups), prefix_range_end(config)),     # org-level keys after groups/
+        (read, f"{groups}{host.group.slug}/".encode(), prefix_range_end(f"{groups}{host.group.slug}/")),
+    ]
+
+
+def ensure_role_user(client, name: str, password: str, role: str, perms) -> None:
+    """Idempotently: ROLE with exactly PERMS (a re-provision drops stale grants, e.g. after a group
+    move), user NAME with PASSWORD holding that role only."""
+    from pyetcd import etcdrpc
+    from pyetcd.etcdrpc import auth_pb2
+
+    if _role_exists(client, role):
+        _auth(client, "RoleDelete", etcdrpc.AuthRoleDeleteRequest(role=role))
+    _auth(client, "RoleAdd", etcdrpc.AuthRoleAddRequest(name=role))
+    for perm_type, key, range_end in perms:
+        perm = auth_pb2.Permission(permType=perm_type, key=key, range_end=range_end)
+        _auth(client, "RoleGrantPermission", etcdrpc.AuthRoleGrantPermissionRequest(name=role, perm=perm))
+    if _auth(client, "UserAdd", etcdrpc.AuthUserAddRequest(name=name, password=password)) is None:
+        _auth(client, "UserChangePassword", etcdrpc.AuthUserChangePasswordRequest(name=name, password=password))
+    _auth(client, "UserGrantRole", etcdrpc.AuthUserGrantRoleRequest(user=name, role=role))
+
+
+def _role_exists(client, role: str) -> bool:
+    from pyetcd import etcdrpc
+
+    try:
+        return _auth(client, "RoleGet", etcdrpc.AuthRoleGetRequest(role=role)) is not None
+    except EtcdAdminError:
+        return False
+
+
+def delete_user(client, name: str, role: str) -> None:
+    """Remove user NAME and ROLE; a user or role already gone is fine."""
+    from pyetcd import etcdrpc
+
+    for method, request in (("UserDelete", etcdrpc.AuthUserDeleteRequest(name=name)),
+                            ("RoleDelete", etcdrpc.AuthRoleDeleteRequest(role=role))):
+        try:
+            _auth(client, method, request)
+        except EtcdAdminError as exc:
+            if "not found" not in str(exc):
+                raise
+
+
+def list_users(client) -> list[str]:
+    from pyetcd import etcdrpc
+
+    resp = _auth(client, "UserList", etcdrpc.AuthUserListRequest())
+    return list(resp.users) if resp else []
