@@ -1,0 +1,124 @@
+"""Least privilege in etcd (issue 9 §8), against a real etcd with auth enabled: each host has its own
+etcd user that may change only its group's semaphore and read only the configuration keys meant
+for it; deleting the host deletes the user."""
+from __future__ import annotations
+
+import pytest
+
+from agent.locksmith import LockError, Locksmith, group_key
+from fleetweb.fleet.choices import EventKind
+
+from .test_isolation import ROOT_PASSWORD, auth_etcd  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.django_db
+
+DENIED = "(?i)permission denied"
+
+
+@pytest.fixture
+def auth_on(auth_etcd):  # noqa: F811
+    from fleetweb.reboots import etcd
+
+    etcd.enable_auth([auth_etcd.url], "root", ROOT_PASSWORD)
+    etcd.reset_client()
+    return auth_etcd
+
+
+@pytest.fixture
+def db_group(acme):
+    from fleetweb.fleet.models import Group
+
+    return Group.objects.create(organization=acme, name="db", slug="db", channel=acme.channels.get(name="stable"))
+
+
+def _client(host):
+    from fleetweb.reboots import etcd
+
+    frame = host.policy()
+    return etcd.client_for(frame["etcd_username"], frame["etcd_password"]), frame
+
+
+def test_a_host_of_group_a_cannot_change_group_bs_semaphore_nor_the_orgs_config(auth_on, acme, web_group,
+                                                                                 db_group, make_host):
+    """Fails on main: every host got the organization's user, read-write on all of ``fleet/<org>/``."""
+    from fleetweb.reboots import etcd
+
+    prefix = etcd.org_prefix(acme)
+    server = etcd.server_client()
+    db_key = group_key("db", prefix)
+    server.put(db_key, '{"semaphore": 1, "max": 1, "holders": []}')
+    server.put(f"{prefix}config/motd", "hello")
+    server.put(f"{prefix}config/groups/web/role", "web")
+    server.put(f"{prefix}config/groups/db/role", "db")
+    web_host = make_host(web_group)
+    client, frame = _client(web_host)
+    try:
+        # Its own group's semaphore: lock and unlock work.
+        own = Locksmith(client, group=frame["lock_group"], prefix=frame["etcd_prefix"])
+        assert own.lock("web-1").holders == ["web-1"]
+        assert own.unlock("web-1").holders == []
+        # The configuration meant for it: readable, not writable.
+        assert client.get(f"{prefix}config/motd")[0] == b"hello"
+        assert client.get(f"{prefix}config/groups/web/role")[0] == b"web"
+        for key in (f"{prefix}config/motd", f"{prefix}config/new", f"{prefix}config/groups/web/role"):
+            with pytest.raises(Exception, match=DENIED):
+                client.put(key, "evil")
+        with pytest.raises(Exception, match=DENIED):
+            client.delete(f"{prefix}config/motd")
+        # Group B's semaphore and configuration: neither read nor write.
+        intruder = Locksmith(client, group="db", prefix=prefix)
+        for op in (intruder.get, lambda: intruder.lock("web-1"), lambda: intruder.set_max(9)):
+            with pytest.raises(LockError):
+                op()
+        with pytest.raises(Exception, match=DENIED):
+            client.put(db_key, '{"semaphore": 99, "max": 99, "holders": []}')
+        with pytest.raises(Exception, match=DENIED):
+            client.get(f"{prefix}config/groups/db/role")
+        # Anything else of the organization.
+        with pytest.raises(Exception, match=DENIED):
+            client.put(f"{prefix}anything", "x")
+    finally:
+        client.close()
+    # Nothing changed.
+    assert server.get(db_key)[0] == b'{"semaphore": 1, "max": 1, "holders": []}'
+    assert server.get(f"{prefix}config/motd")[0] == b"hello"
+
+
+def test_a_deleted_hosts_etcd_password_stops_working(auth_on, acme, web_group, make_host):
+    """Fails on main: the organization's password outlived any host it was given to."""
+    from fleetweb.fleet.models import Event
+    from fleetweb.reboots import etcd
+    from fleetweb.reboots.models import HostEtcdAccount
+
+    host = make_host(web_group)
+    client, frame = _client(host)
+    prefix = frame["etcd_prefix"]
+    Locksmith(client, group="web", prefix=prefix).get()          # works while the host exists
+    client.close()
+    host.delete_with_event(actor="alice")
+    assert not HostEtcdAccount.objects.filter(username=frame["etcd_username"]).exists()
+    assert frame["etcd_username"] not in etcd.list_users(etcd.server_client())
+    with pytest.raises(Exception, match="(?i)authentication failed|invalid|not found|permission denied"):
+        stale = etcd.client_for(frame["etcd_username"], frame["etcd_password"])
+        try:
+            stale.get(group_key("web", prefix))
+        finally:
+            stale.close()
+    assert Event.objects.filter(kind=EventKind.ETCD_ACCESS_REVOKED, actor="alice").exists()
+
+
+def test_a_group_move_moves_the_hosts_permissions(auth_on, acme, web_group, db_group, make_host):
+    from fleetweb.reboots import etcd
+
+    host = make_host(web_group)
+    host.policy()
+    host.move_to(db_group, actor="alice")
+    client, frame = _client(host)
+    try:
+        assert Locksmith(client, group="db", prefix=frame["etcd_prefix"]).lock("h").holders == ["h"]
+        with pytest.raises(LockError):
+            Locksmith(client, group="web", prefix=frame["etcd_prefix"]).lock("h")
+    finally:
+        client.close()
+    perms = etcd.role_permissions(etcd.server_client(), f"fleet-{acme.slug}-host-{host.pk}")
+    assert [key for kind, key, _ in perms if kind == 2] == [group_key("db", etcd.org_prefix(acme)).encode()]
