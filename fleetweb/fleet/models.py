@@ -162,6 +162,14 @@ class Group(models.Model):
             **policy_extras.extra_fields(self),
         }
 
+    def rotate_etcd_credentials(self, actor: str = "") -> int:
+        """New etcd passwords for every host of the group, each pushed to its host; returns how many."""
+        hosts = list(self.hosts.select_related("group", "organization"))
+        with transaction.atomic():
+            for host in hosts:
+                host.rotate_etcd_credentials(actor)
+        return len(hosts)
+
     def signing_key_fields(self) -> dict:
         from fleetweb.updates.models import SigningKey
 
@@ -678,6 +686,12 @@ class Host(models.Model):
     def policy(self) -> dict:
         """The group's policy plus what only this host may see (its own etcd credentials)."""
         return {**self.group.policy(), **policy_extras.host_fields(self)}
+
+    def rotate_etcd_credentials(self, actor: str = "") -> None:
+        """New etcd password for this host, pushed to it; ``EtcdAuthDisabled`` without etcd auth."""
+        from fleetweb.reboots.models import HostEtcdAccount
+
+        HostEtcdAccount.objects.rotate(self, actor)
 
     def revoke_etcd_access(self, actor: str = "", reason: str = "") -> bool:
         """Delete the host's etcd user (its password stops working at once); logged.  Returns

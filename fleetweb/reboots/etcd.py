@@ -32,6 +32,25 @@ class EtcdNotConfigured(Exception):
                          "(and ETCD_USERNAME/ETCD_PASSWORD when etcd has auth enabled).")
 
 
+class EtcdAuthDisabled(Exception):
+    """etcd runs without auth (no ETCD_USERNAME): there are no per-host users to rotate."""
+
+    code = "etcd_auth_disabled"
+
+    def __init__(self):
+        super().__init__("etcd runs without authentication on this server: hosts have no etcd users, "
+                         "and tenants are not isolated in etcd (set ETCD_USERNAME/ETCD_PASSWORD).")
+
+
+ISOLATION_OFF_MESSAGE = ("etcd runs without authentication: tenants are not isolated in etcd (any host can "
+                         "read and change every organization's locks and configuration). Development only.")
+
+
+def auth_enabled() -> bool:
+    """The server logs in to etcd, so hosts get their own least-privilege users (issue 9 §8)."""
+    return configured() and bool(settings.ETCD_USERNAME)
+
+
 class EtcdAdminError(Exception):
     """An Auth call etcd refused or could not answer; ``message`` says which and why."""
 

@@ -147,6 +147,29 @@ class HostEtcdAccountManager(models.Manager):
         return account
 
 
+    def rotate(self, host, actor: str = "") -> None:
+        """New etcd password for HOST (the old one stops working at once), logged and pushed."""
+        if not etcd.auth_enabled():
+            raise etcd.EtcdAuthDisabled()
+        account = self.ensure(host)
+        account.rotate_password(host)
+        _record(host.organization_id, LockEventKind.ETCD_ROTATED,
+                f"etcd password of host {host.hostname} rotated", host=host, group=host.group, actor=actor)
+        frame = host.policy()
+        transaction.on_commit(lambda: host._push(frame))
+
+    def remove_orphans(self) -> int:
+        """Delete the etcd users of hosts that are gone (their rows lost the host); returns how many."""
+        count = 0
+        for account in self.filter(host__isnull=True):
+            try:
+                account.remove()
+                count += 1
+            except Exception as exc:  # etcd down: next run
+                log.warning("etcd user %s not removed: %s", account.username, exc)
+        return count
+
+
 class HostEtcdAccount(models.Model):
     """One etcd user per host (issue 9 §8) with ``etcd.host_permissions``: its group's semaphore
     and the configuration keys meant for it.  The organization's ``EtcdAccount`` is the server's own."""
@@ -188,7 +211,7 @@ class HostEtcdAccount(models.Model):
         self.last_error = ""
         self.save(update_fields=["provisioned_at", "provisioned_cluster", "provisioned_group_id", "last_error"])
 
-    def rotate(self, host) -> None:
+    def rotate_password(self, host) -> None:
         """A new password, provisioned at once (the old one stops working)."""
         self.password_encrypted = _fernet().encrypt(pysecrets.token_urlsafe(32).encode()).decode()
         self.save(update_fields=["password_encrypted"])

@@ -11,6 +11,7 @@ from . import etcd
 log = logging.getLogger(__name__)
 
 SYNC_INTERVAL = 15.0
+RECONCILE_INTERVAL = 300.0  # etcd users of deleted hosts (issue 9 §8)
 
 
 def policy_fields(group) -> dict:
@@ -80,4 +81,6 @@ def schedule_sync() -> None:
     schedule = dict(app.conf.beat_schedule or {})
     schedule.setdefault("sync-reboot-locks", {"task": "fleetweb.reboots.tasks.sync_locks",
                                               "schedule": SYNC_INTERVAL})
+    schedule.setdefault("reconcile-etcd-accounts", {"task": "fleetweb.reboots.tasks.reconcile_etcd_accounts",
+                                                    "schedule": RECONCILE_INTERVAL})
     app.conf.beat_schedule = schedule
