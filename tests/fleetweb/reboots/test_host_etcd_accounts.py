@@ -122,3 +122,100 @@ def test_a_group_move_moves_the_hosts_permissions(auth_on, acme, web_group, db_g
         client.close()
     perms = etcd.role_permissions(etcd.server_client(), f"fleet-{acme.slug}-host-{host.pk}")
     assert [key for kind, key, _ in perms if kind == 2] == [group_key("db", etcd.org_prefix(acme)).encode()]
+
+
+def _works(username, password, key) -> bool:
+    from fleetweb.reboots import etcd
+
+    client = etcd.client_for(username, password)
+    try:
+        client.get(key)
+        return True
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def test_rotation_invalidates_the_old_password_and_pushes_the_new_one(auth_on, alice, acme, web_group, make_host,
+                                                                      monkeypatch, django_capture_on_commit_callbacks):
+    from fleetweb.core import hub as hub_module
+    from fleetweb.fleet.models import Event
+
+    sent = []
+    monkeypatch.setattr(hub_module, "publish", lambda channel, frame: sent.append((channel, frame)))
+    host = make_host(web_group)
+    old = host.policy()
+    key = group_key("web", old["etcd_prefix"])
+    assert _works(old["etcd_username"], old["etcd_password"], key)
+    with django_capture_on_commit_callbacks(execute=True):
+        r = alice.post(f"/api/v1/hosts/{host.pk}/rotate-etcd-credentials")
+    assert r.status_code == 200, r.content
+    assert r.json() == {"rotated": 1}
+    [(channel, frame)] = [(c, f) for c, f in sent if c == f"host:{host.pk}"]
+    assert frame["etcd_username"] == old["etcd_username"] and frame["etcd_password"] != old["etcd_password"]
+    assert not _works(old["etcd_username"], old["etcd_password"], key)
+    assert _works(frame["etcd_username"], frame["etcd_password"], key)
+    assert Event.objects.filter(kind=EventKind.ETCD_ROTATED, actor__contains="alice").count() == 1
+
+
+def test_group_rotation_gives_every_host_a_new_password(auth_on, alice, web_group, make_host):
+    hosts = [make_host(web_group), make_host(web_group)]
+    before = [h.policy()["etcd_password"] for h in hosts]
+    r = alice.post(f"/api/v1/groups/{web_group.pk}/rotate-etcd-credentials")
+    assert r.status_code == 200 and r.json() == {"rotated": 2}
+    assert all(h.policy()["etcd_password"] != b for h, b in zip(hosts, before, strict=True))
+
+
+def test_only_an_admin_may_rotate(auth_on, operator, web_group, make_host):
+    from fleetweb.reboots.models import HostEtcdAccount
+
+    host = make_host(web_group)
+    password = host.policy()["etcd_password"]
+    assert operator.post(f"/api/v1/hosts/{host.pk}/rotate-etcd-credentials").status_code == 403
+    assert operator.post(f"/api/v1/groups/{web_group.pk}/rotate-etcd-credentials").status_code == 403
+    assert HostEtcdAccount.objects.get(host=host).password == password
+
+
+def test_rotation_without_etcd_auth_is_a_clear_conflict(alice, web_group, make_host, settings):
+    from fleetweb.fleet.models import Event
+
+    settings.ETCD_USERNAME = ""
+    host = make_host(web_group)
+    for url in (f"/api/v1/hosts/{host.pk}/rotate-etcd-credentials",
+                f"/api/v1/groups/{web_group.pk}/rotate-etcd-credentials"):
+        r = alice.post(url)
+        assert r.status_code == 409, r.content
+        assert r.json()["code"] == "etcd_auth_disabled"
+    assert not Event.objects.filter(kind=EventKind.ETCD_ROTATED).exists()
+
+
+def test_reconcile_removes_the_users_of_hosts_deleted_behind_its_back(auth_on, web_group, make_host):
+    from fleetweb.reboots import etcd
+    from fleetweb.reboots.tasks import reconcile_etcd_accounts
+
+    host = make_host(web_group)
+    name = host.policy()["etcd_username"]
+    host.delete()                                   # not through delete_with_event: the user stays
+    assert name in etcd.list_users(etcd.server_client())
+    assert reconcile_etcd_accounts() == 1
+    assert name not in etcd.list_users(etcd.server_client())
+
+
+def test_healthz_and_the_dashboard_say_when_tenants_are_not_isolated(client, alice, settings, auth_on):
+    from django.test import Client
+
+    from fleetweb.reboots import etcd
+
+    dashboard = Client()
+    dashboard.force_login(alice.user)
+
+    r = client.get("/healthz")
+    assert r.json()["etcd_isolation"] is True and "etcd_isolation_message" not in r.json()
+    assert b"data-etcd-isolation" not in dashboard.get("/", follow=True).content
+    settings.ETCD_USERNAME = ""
+    r = client.get("/healthz")
+    assert r.json()["etcd_isolation"] is False
+    assert r.json()["etcd_isolation_message"] == etcd.ISOLATION_OFF_MESSAGE
+    page = dashboard.get("/", follow=True)
+    assert b'data-etcd-isolation="off"' in page.content and b"not isolated in etcd" in page.content
