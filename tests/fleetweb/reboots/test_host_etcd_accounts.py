@@ -219,3 +219,19 @@ def test_healthz_and_the_dashboard_say_when_tenants_are_not_isolated(client, ali
     assert r.json()["etcd_isolation_message"] == etcd.ISOLATION_OFF_MESSAGE
     page = dashboard.get("/", follow=True)
     assert b'data-etcd-isolation="off"' in page.content and b"not isolated in etcd" in page.content
+
+
+def test_the_agents_etcd_settings_from_its_own_policy_take_the_lock(auth_on, web_group, make_host, tmp_path):
+    """What `agent run` does with a policy frame (etcd.json), then the etcd-lock strategy's lock."""
+    from agent.config import load_etcd_settings, store_etcd_policy
+
+    host = make_host(web_group)
+    store_etcd_policy(tmp_path, host.policy())
+    conf = load_etcd_settings(tmp_path)
+    client = conf.client(timeout=3.0)
+    try:
+        smith = Locksmith(client, group=conf.group, prefix=conf.prefix)
+        assert smith.lock(host.machine_id).holders == [host.machine_id]
+        assert smith.unlock(host.machine_id).holders == []
+    finally:
+        client.close()
