@@ -760,6 +760,10 @@ class Host(models.Model):
                                  f"Credential of host {self.hostname} revoked", host=self,
                                  group_id=self.group_id, actor=actor, data={"revoked": n, "reason": reason})
             transaction.on_commit(lambda: Host.close_sockets(host_id, protocol.CLOSE_REVOKED, reason))
+        try:  # its etcd password too (a re-enrolled host gets a fresh one with its next policy)
+            self.revoke_etcd_access(actor, reason)
+        except Exception as exc:  # etcd down: the user keeps working until rotated or the host deleted
+            log.warning("etcd user of host %s not deleted: %s", self.pk, exc)
         return n
 
     @staticmethod

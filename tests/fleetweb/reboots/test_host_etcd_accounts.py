@@ -235,3 +235,13 @@ def test_the_agents_etcd_settings_from_its_own_policy_take_the_lock(auth_on, web
         assert smith.unlock(host.machine_id).holders == []
     finally:
         client.close()
+
+
+def test_revoking_a_hosts_credential_revokes_its_etcd_password(auth_on, web_group, make_host):
+    host = make_host(web_group)
+    old = host.policy()
+    key = group_key("web", old["etcd_prefix"])
+    host.revoke_credentials(actor="alice")
+    assert not _works(old["etcd_username"], old["etcd_password"], key)
+    new = host.policy()                              # re-enrolled later: a fresh password
+    assert new["etcd_password"] != old["etcd_password"] and _works(new["etcd_username"], new["etcd_password"], key)
