@@ -284,6 +284,8 @@ FLEET_AGENT_RATE_TOLERANCE = envint("FLEET_AGENT_RATE_TOLERANCE", 20)
 
 # etcd least privilege
 # (sec-etcd)
+# Without etcd auth every page shows that tenants are not isolated in etcd (so does /healthz).
+TEMPLATES[0]["OPTIONS"]["context_processors"].append("fleetweb.core.context_processors.etcd_isolation")
 
 # agent trust
 # (sec-agent)

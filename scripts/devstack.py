@@ -181,6 +181,9 @@ class Stack:
             found = {}
         env = dict(os.environ)
         env.update(services.env_for(found))
+        if want_etcd and not os.environ.get("ETCD_USERNAME"):
+            # Our etcd runs with auth, like production: each demo host gets its own least-privilege user.
+            env["ETCD_USERNAME"], env["ETCD_PASSWORD"] = "root", self.etcd_root_password()
         env.setdefault("DATABASE_URL", f"sqlite:///{VAR / 'fleetweb.sqlite3'}")
         env["FLEET_PUBLIC_URL"] = os.environ.get("FLEET_PUBLIC_URL", self.base_url)
         env.setdefault("FLEET_MEDIA_ROOT", str(VAR / "media"))
@@ -189,10 +192,21 @@ class Stack:
         self.env = env
         # Other terminals (make demo-update, manage.py) talk to the same stack with this.
         DEMO.mkdir(parents=True, exist_ok=True)
-        keys = ("DATABASE_URL", "REDIS_URL", "ETCD_ENDPOINTS", "FLEET_PUBLIC_URL", "FLEET_MEDIA_ROOT")
+        keys = ("DATABASE_URL", "REDIS_URL", "ETCD_ENDPOINTS", "ETCD_USERNAME", "ETCD_PASSWORD", "FLEET_PUBLIC_URL",
+                "FLEET_MEDIA_ROOT")
         (DEMO / "env.sh").write_text("".join(f"export {k}='{env[k]}'\n" for k in keys if env.get(k)))
         say("devstack", f"DATABASE_URL={env['DATABASE_URL']} REDIS_URL={env.get('REDIS_URL', '')} "
                         f"ETCD_ENDPOINTS={env.get('ETCD_ENDPOINTS', '')} FLEET_PUBLIC_URL={env['FLEET_PUBLIC_URL']}")
+
+    @staticmethod
+    def etcd_root_password() -> str:
+        """etcd's root password for `make run`, generated once into var/etcd-root-password (0600)."""
+        path = VAR / "etcd-root-password"
+        if not path.exists():
+            VAR.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(24) + "\n")
+            path.chmod(0o600)
+        return path.read_text().strip()
 
     def password(self) -> str:
         path = VAR / "demo-password"
@@ -207,6 +221,11 @@ class Stack:
         rc, _ = run_step("migrate", manage + ["migrate", "--noinput"], self.env)
         if rc != 0:
             raise SystemExit(f"devstack: manage.py migrate failed (exit {rc})")
+        if self.env.get("ETCD_USERNAME") and self.env.get("ETCD_ENDPOINTS"):
+            rc, _ = run_step("etcd auth", manage + ["provision_etcd", "--enable-auth"], self.env)
+            if rc != 0:
+                raise SystemExit(f"devstack: manage.py provision_etcd --enable-auth failed (exit {rc}); "
+                                 f"an etcd that already has auth needs its root password in var/etcd-root-password")
         rc, out = run_step("bootstrap", manage + ["bootstrap", "--org", ORG, "--user", USER, "--password",
                                                   self.password(), "--group", GROUP, "--json"], self.env)
         if rc != 0:

@@ -188,7 +188,7 @@ class CloudConfig(models.Model):
 
         if self.host_id:
             host = Host.objects.select_related("group__channel").get(pk=self.host_id)
-            hub.publish(f"host:{host.pk}", host.group.policy())
+            hub.publish(f"host:{host.pk}", host.policy())
             live.to_ui(self.organization_id, {"kind": "host", "host": str(host.pk)})
             return
         groups = Group.objects.filter(pk=self.group_id) if self.group_id else \

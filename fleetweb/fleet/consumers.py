@@ -26,6 +26,7 @@ from .writer import acks, hellos, writer
 log = logging.getLogger(__name__)
 
 MAX_PROTOCOL_ERRORS = 50
+HOST_SECRET_FIELDS = ("etcd_username", "etcd_password")  # only ever in frames meant for one host
 
 
 def _bearer(scope) -> str | None:
@@ -61,6 +62,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.host_id = None
         self.ready = False
         self.errors = 0
+        self.host_secrets: dict = {}
         secret = _bearer(self.scope)
         host = await self._authenticate(secret) if secret else None
         await self.accept()
@@ -107,7 +109,16 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     # -- frames from the hub ---------------------------------------------------------------
     async def _send_text(self, text: str) -> None:
+        """A group broadcast: a policy frame gets this host's own etcd credentials added (a group's
+        frame never carries any, issue 9 §8)."""
+        if self.host_secrets and '"type":"policy"' in text.replace(" ", ""):
+            frame = json.loads(text)
+            if frame.get("type") == "policy":
+                text = json.dumps({**frame, **self.host_secrets}, separators=(",", ":"))
         await self.send(text_data=text)
+
+    def _remember_secrets(self, frame: dict) -> None:
+        self.host_secrets = {k: frame[k] for k in HOST_SECRET_FIELDS if k in frame}
 
     async def _from_host_key(self, text: str) -> None:
         frame = json.loads(text)
@@ -117,6 +128,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 await self.close(code=frame["code"])
             return
         if frame.get("type") == "policy":  # the host may have moved to another group
+            self._remember_secrets(frame)
             group_id = await self._current_group_id()
             if group_id != self.group_id:
                 hub.leave(f"group:{self.group_id}", self._send_text)
@@ -180,6 +192,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.state = {"update_status": host.update_status, "version": host.version,
                       "partitions": host.partitions, "status_seq": host.status_seq}
         self.ready = True
+        self._remember_secrets(policy)
         await self.send(text_data=json.dumps(policy, separators=(",", ":")))
         if update is not None:  # a grant the host had not finished before it went away
             await self.send(text_data=json.dumps(update, separators=(",", ":")))

@@ -1,6 +1,7 @@
 """Groups, hosts, enrollment and the activity log: the rules live here, views stay thin."""
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import timedelta
 
@@ -17,6 +18,8 @@ from fleetweb.core import secrets
 
 from . import policy as policy_extras
 from .choices import EventKind, RebootStrategy
+
+log = logging.getLogger(__name__)
 
 
 class EnrollmentError(Exception):
@@ -158,6 +161,14 @@ class Group(models.Model):
             **self.signing_key_fields(),
             **policy_extras.extra_fields(self),
         }
+
+    def rotate_etcd_credentials(self, actor: str = "") -> int:
+        """New etcd passwords for every host of the group, each pushed to its host; returns how many."""
+        hosts = list(self.hosts.select_related("group", "organization"))
+        with transaction.atomic():
+            for host in hosts:
+                host.rotate_etcd_credentials(actor)
+        return len(hosts)
 
     def signing_key_fields(self) -> dict:
         from fleetweb.updates.models import SigningKey
@@ -570,7 +581,8 @@ class HostManager(models.Manager):
                     rh = None
                 update = (rh.rollout.release.update_frame(item.pk, rh.rollout_id, rh.rollout.allow_downgrade)
                           if rh is not None else None)
-                out.append((policies[item.group_id], update, item))
+                item.group = groups[item.group_id]
+                out.append(({**policies[item.group_id], **policy_extras.host_fields(item)}, update, item))
             return out
 
     def reap_offline(self, now=None) -> int:
@@ -667,8 +679,33 @@ class Host(models.Model):
             Event.objects.record(self.organization_id, EventKind.GROUP_CHANGED,
                                  f"Host {self.hostname} moved from group {old_name} to {group.name}",
                                  host=self, group=group, actor=actor, data={"from": old_name, "to": group.name})
-            frame = group.policy()
+            frame = self.policy()
             transaction.on_commit(lambda: self._push(frame))
+        return True
+
+    def policy(self) -> dict:
+        """The group's policy plus what only this host may see (its own etcd credentials)."""
+        return {**self.group.policy(), **policy_extras.host_fields(self)}
+
+    def rotate_etcd_credentials(self, actor: str = "") -> None:
+        """New etcd password for this host, pushed to it; ``EtcdAuthDisabled`` without etcd auth."""
+        from fleetweb.reboots.models import HostEtcdAccount
+
+        HostEtcdAccount.objects.rotate(self, actor)
+
+    def revoke_etcd_access(self, actor: str = "", reason: str = "") -> bool:
+        """Delete the host's etcd user (its password stops working at once); logged.  Returns
+        whether there was one."""
+        from fleetweb.reboots.models import HostEtcdAccount
+
+        account = HostEtcdAccount.objects.filter(host=self).first()
+        if account is None:
+            return False
+        account.remove()
+        Event.objects.record(self.organization_id, EventKind.ETCD_ACCESS_REVOKED,
+                             f"etcd user {account.username} of host {self.hostname} deleted"
+                             + (f": {reason}" if reason else ""),
+                             group=self.group, actor=actor, data={"host": str(self.pk), "reason": reason})
         return True
 
     def _push(self, frame: dict) -> None:
@@ -679,6 +716,10 @@ class Host(models.Model):
 
     def delete_with_event(self, actor: str = "") -> None:
         host_id = self.pk
+        try:
+            self.revoke_etcd_access(actor, "host deleted")
+        except Exception as exc:  # etcd down: reconcile_etcd_accounts removes the user later
+            log.warning("etcd user of host %s not deleted: %s", self.pk, exc)
         with transaction.atomic():
             Event.objects.record(self.organization_id, EventKind.HOST_DELETED, f"Host {self.hostname} deleted",
                                  group=self.group, actor=actor, data={"host": str(self.pk)})
@@ -719,6 +760,10 @@ class Host(models.Model):
                                  f"Credential of host {self.hostname} revoked", host=self,
                                  group_id=self.group_id, actor=actor, data={"revoked": n, "reason": reason})
             transaction.on_commit(lambda: Host.close_sockets(host_id, protocol.CLOSE_REVOKED, reason))
+        try:  # its etcd password too (a re-enrolled host gets a fresh one with its next policy)
+            self.revoke_etcd_access(actor, reason)
+        except Exception as exc:  # etcd down: the user keeps working until rotated or the host deleted
+            log.warning("etcd user of host %s not deleted: %s", self.pk, exc)
         return n
 
     @staticmethod

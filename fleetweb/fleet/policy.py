@@ -17,6 +17,23 @@ def contributor(func: Callable) -> Callable:
     return func
 
 
+_host_contributors: list[Callable] = []
+
+
+def host_contributor(func: Callable) -> Callable:
+    """Fields only a host's own frame carries (its etcd credentials), merged by `Host.policy()`."""
+    if func not in _host_contributors:
+        _host_contributors.append(func)
+    return func
+
+
+def host_fields(host) -> dict:
+    fields: dict = {}
+    for func in _host_contributors:
+        fields.update(func(host) or {})
+    return fields
+
+
 def extra_fields(group) -> dict:
     fields: dict = {}
     for func in _contributors:

@@ -14,6 +14,7 @@ class RebootsConfig(AppConfig):
         from . import signals
 
         policy.contributor(signals.policy_fields)
+        policy.host_contributor(signals.host_policy_fields)
         post_init.connect(signals.remember_max, sender=Group, dispatch_uid="reboots-remember-max")
         post_save.connect(signals.max_changed, sender=Group, dispatch_uid="reboots-max-changed")
         signals.schedule_sync()

@@ -32,6 +32,25 @@ class EtcdNotConfigured(Exception):
                          "(and ETCD_USERNAME/ETCD_PASSWORD when etcd has auth enabled).")
 
 
+class EtcdAuthDisabled(Exception):
+    """etcd runs without auth (no ETCD_USERNAME): there are no per-host users to rotate."""
+
+    code = "etcd_auth_disabled"
+
+    def __init__(self):
+        super().__init__("etcd runs without authentication on this server: hosts have no etcd users, "
+                         "and tenants are not isolated in etcd (set ETCD_USERNAME/ETCD_PASSWORD).")
+
+
+ISOLATION_OFF_MESSAGE = ("etcd runs without authentication: tenants are not isolated in etcd (any host can "
+                         "read and change every organization's locks and configuration). Development only.")
+
+
+def auth_enabled() -> bool:
+    """The server logs in to etcd, so hosts get their own least-privilege users (issue 9 §8)."""
+    return configured() and bool(settings.ETCD_USERNAME)
+
+
 class EtcdAdminError(Exception):
     """An Auth call etcd refused or could not answer; ``message`` says which and why."""
 
@@ -155,3 +174,78 @@ def enable_auth(endpoints, username: str, password: str) -> bool:
         return True
     finally:
         plain.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-host users (issue 9 §8): least privilege
+# ---------------------------------------------------------------------------------------------
+
+def host_permissions(host) -> list[tuple[int, bytes, bytes]]:
+    """What a host's etcd role may touch: ``(permType, key, range_end)``.
+
+    Read-write on its group's semaphore key only (locksmith's layout under the organization's
+    prefix); read on the organization-level cluster-configuration keys (``config/`` without
+    ``config/groups/``) and on its own group's (``config/groups/<slug>/``).  Nothing else: not
+    another group's semaphore, not another group's configuration, not the organization's config
+    for writing.
+    """
+    from pyetcd.etcdrpc import auth_pb2
+
+    from agent.locksmith import group_key
+
+    prefix = org_prefix(host.organization)
+    config = f"{prefix}config/"
+    groups = f"{config}groups/"
+    read, readwrite = auth_pb2.Permission.READ, auth_pb2.Permission.READWRITE
+    return [
+        (readwrite, group_key(host.group.slug, prefix).encode(), b""),
+        (read, config.encode(), groups.encode()),                       # org-level keys before groups/
+        (read, prefix_range_end(groups), prefix_range_end(config)),     # org-level keys after groups/
+        (read, f"{groups}{host.group.slug}/".encode(), prefix_range_end(f"{groups}{host.group.slug}/")),
+    ]
+
+
+def ensure_role_user(client, name: str, password: str, role: str, perms) -> None:
+    """Idempotently: ROLE with exactly PERMS (a re-provision drops stale grants, e.g. after a group
+    move), user NAME with PASSWORD holding that role only."""
+    from pyetcd import etcdrpc
+    from pyetcd.etcdrpc import auth_pb2
+
+    if _role_exists(client, role):
+        _auth(client, "RoleDelete", etcdrpc.AuthRoleDeleteRequest(role=role))
+    _auth(client, "RoleAdd", etcdrpc.AuthRoleAddRequest(name=role))
+    for perm_type, key, range_end in perms:
+        perm = auth_pb2.Permission(permType=perm_type, key=key, range_end=range_end)
+        _auth(client, "RoleGrantPermission", etcdrpc.AuthRoleGrantPermissionRequest(name=role, perm=perm))
+    if _auth(client, "UserAdd", etcdrpc.AuthUserAddRequest(name=name, password=password)) is None:
+        _auth(client, "UserChangePassword", etcdrpc.AuthUserChangePasswordRequest(name=name, password=password))
+    _auth(client, "UserGrantRole", etcdrpc.AuthUserGrantRoleRequest(user=name, role=role))
+
+
+def _role_exists(client, role: str) -> bool:
+    from pyetcd import etcdrpc
+
+    try:
+        return _auth(client, "RoleGet", etcdrpc.AuthRoleGetRequest(role=role)) is not None
+    except EtcdAdminError:
+        return False
+
+
+def delete_user(client, name: str, role: str) -> None:
+    """Remove user NAME and ROLE; a user or role already gone is fine."""
+    from pyetcd import etcdrpc
+
+    for method, request in (("UserDelete", etcdrpc.AuthUserDeleteRequest(name=name)),
+                            ("RoleDelete", etcdrpc.AuthRoleDeleteRequest(role=role))):
+        try:
+            _auth(client, method, request)
+        except EtcdAdminError as exc:
+            if "not found" not in str(exc):
+                raise
+
+
+def list_users(client) -> list[str]:
+    from pyetcd import etcdrpc
+
+    resp = _auth(client, "UserList", etcdrpc.AuthUserListRequest())
+    return list(resp.users) if resp else []

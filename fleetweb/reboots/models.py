@@ -125,6 +125,107 @@ class EtcdAccount(models.Model):
         return fields
 
 
+class HostEtcdAccountManager(models.Manager):
+    def ensure(self, host) -> "HostEtcdAccount":
+        """The host's account row; a password is made once, then kept until rotated."""
+        account = self.filter(host=host).first()
+        if account is None:
+            name = f"fleet-{host.organization.slug}-host-{host.pk}"
+            account, _ = self.get_or_create(host=host, defaults={
+                "organization": host.organization, "username": name, "role": name,
+                "password_encrypted": _fernet().encrypt(pysecrets.token_urlsafe(32).encode()).decode()})
+        return account
+
+    def for_policy(self, host) -> "HostEtcdAccount":
+        """The account, (re)provisioned when never done, on another cluster or in another group."""
+        account = self.ensure(host)
+        if not account.is_provisioned or account.provisioned_group_id != host.group_id:
+            try:
+                account.provision(host)
+            except Exception as exc:  # etcd down: the agent gets the credentials; provisioning retries
+                log.warning("etcd account of host %s not provisioned: %s", host.pk, exc)
+        return account
+
+
+    def rotate(self, host, actor: str = "") -> None:
+        """New etcd password for HOST (the old one stops working at once), logged and pushed."""
+        if not etcd.auth_enabled():
+            raise etcd.EtcdAuthDisabled()
+        account = self.ensure(host)
+        account.rotate_password(host)
+        _record(host.organization_id, LockEventKind.ETCD_ROTATED,
+                f"etcd password of host {host.hostname} rotated", host=host, group=host.group, actor=actor)
+        frame = host.policy()
+        transaction.on_commit(lambda: host._push(frame))
+
+    def remove_orphans(self) -> int:
+        """Delete the etcd users of hosts that are gone (their rows lost the host); returns how many."""
+        count = 0
+        for account in self.filter(host__isnull=True):
+            try:
+                account.remove()
+                count += 1
+            except Exception as exc:  # etcd down: next run
+                log.warning("etcd user %s not removed: %s", account.username, exc)
+        return count
+
+
+class HostEtcdAccount(models.Model):
+    """One etcd user per host (issue 9 §8) with ``etcd.host_permissions``: its group's semaphore
+    and the configuration keys meant for it.  The organization's ``EtcdAccount`` is the server's own."""
+
+    host = models.OneToOneField("fleet.Host", null=True, on_delete=models.SET_NULL, related_name="etcd_account")
+    organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE,
+                                     related_name="host_etcd_accounts")
+    username = models.CharField(max_length=100, unique=True)
+    role = models.CharField(max_length=100)
+    password_encrypted = models.TextField(help_text="Fernet-encrypted at rest (it is given to the host)")
+    provisioned_at = models.DateTimeField(null=True, blank=True)
+    provisioned_cluster = models.CharField(max_length=1000, blank=True)
+    provisioned_group_id = models.BigIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+
+    objects = HostEtcdAccountManager()
+
+    def __str__(self) -> str:
+        return self.username
+
+    @property
+    def password(self) -> str:
+        return _fernet().decrypt(self.password_encrypted.encode()).decode()
+
+    @property
+    def is_provisioned(self) -> bool:
+        return self.provisioned_at is not None and self.provisioned_cluster == EtcdAccount.current_cluster()
+
+    def provision(self, host) -> None:
+        try:
+            etcd.ensure_role_user(etcd.server_client(), self.username, self.password, self.role,
+                                  etcd.host_permissions(host))
+        except Exception as exc:
+            HostEtcdAccount.objects.filter(pk=self.pk).update(last_error=str(exc)[:2000])
+            raise
+        self.provisioned_at = timezone.now()
+        self.provisioned_cluster = EtcdAccount.current_cluster()
+        self.provisioned_group_id = host.group_id
+        self.last_error = ""
+        self.save(update_fields=["provisioned_at", "provisioned_cluster", "provisioned_group_id", "last_error"])
+
+    def rotate_password(self, host) -> None:
+        """A new password, provisioned at once (the old one stops working)."""
+        self.password_encrypted = _fernet().encrypt(pysecrets.token_urlsafe(32).encode()).decode()
+        self.save(update_fields=["password_encrypted"])
+        self.provision(host)
+
+    def remove(self) -> None:
+        """Delete the etcd user and role, then the row."""
+        etcd.delete_user(etcd.server_client(), self.username, self.role)
+        self.delete()
+
+    def policy_fields(self) -> dict:
+        return {"etcd_username": self.username, "etcd_password": self.password}
+
+
 # ---------------------------------------------------------------------------------------------
 # Lock administration
 # ---------------------------------------------------------------------------------------------

@@ -11,11 +11,12 @@ from . import etcd
 log = logging.getLogger(__name__)
 
 SYNC_INTERVAL = 15.0
+RECONCILE_INTERVAL = 300.0  # etcd users of deleted hosts (issue 9 §8)
 
 
 def policy_fields(group) -> dict:
-    """Fields every `policy` frame carries: the organization's etcd account (agents of one
-    organization get that organization's credentials only) and the lock size.
+    """Fields every `policy` frame of the group carries: the organization's prefix and the lock
+    size.  No credentials: each host gets its own in ``host_policy_fields``.
 
     ``etcd_ca`` is the PEM of ETCD_CA_FILE when etcd speaks TLS.  The server's own client
     certificate is never sent: etcd may map a certificate's CN to a user, so sharing it would
@@ -24,19 +25,25 @@ def policy_fields(group) -> dict:
     fields = {"max_concurrent_reboots": group.max_concurrent_reboots}
     if not etcd.configured():
         return fields
-    from django.conf import settings
-
-    from .models import EtcdAccount
-
     fields["etcd_prefix"] = etcd.org_prefix(group.organization)
     ca = etcd.ca_pem()
     if ca:
         fields["etcd_ca"] = ca
-    if settings.ETCD_USERNAME:
-        # etcd has auth on (the server itself logs in): hand out the organization's own user.
-        # Without auth, etcd refuses any login ("authentication is not enabled"), so none is sent.
-        fields.update(EtcdAccount.objects.for_policy(group.organization).policy_fields())
     return fields
+
+
+def host_policy_fields(host) -> dict:
+    """The host's own etcd user (issue 9 §8), only in frames sent to that host, never to a group.
+
+    Without etcd auth (no ETCD_USERNAME) etcd refuses any login, so none is sent.
+    """
+    from django.conf import settings
+
+    from .models import HostEtcdAccount
+
+    if not etcd.configured() or not settings.ETCD_USERNAME:
+        return {}
+    return HostEtcdAccount.objects.for_policy(host).policy_fields()
 
 
 def remember_max(sender, instance, **kwargs):
@@ -74,4 +81,6 @@ def schedule_sync() -> None:
     schedule = dict(app.conf.beat_schedule or {})
     schedule.setdefault("sync-reboot-locks", {"task": "fleetweb.reboots.tasks.sync_locks",
                                               "schedule": SYNC_INTERVAL})
+    schedule.setdefault("reconcile-etcd-accounts", {"task": "fleetweb.reboots.tasks.reconcile_etcd_accounts",
+                                                    "schedule": RECONCILE_INTERVAL})
     app.conf.beat_schedule = schedule

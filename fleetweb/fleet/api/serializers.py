@@ -218,3 +218,7 @@ class EventSerializer(serializers.ModelSerializer):
         model = Event
         fields = ["id", "kind", "message", "host", "host_name", "group", "group_name", "actor", "data", "created"]
         read_only_fields = fields
+
+
+class RotatedSerializer(serializers.Serializer):
+    rotated = serializers.IntegerField(help_text="How many hosts got a new etcd password")

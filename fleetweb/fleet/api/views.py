@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from datetime import timedelta
 
 from django.db import transaction
@@ -14,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from fleetweb.core.api import Conflict, exception_handler
+from fleetweb.reboots import etcd
 from fleetweb.tenancy.api.base import OrganizationScoped
 from fleetweb.tenancy.choices import Role
 
@@ -29,6 +31,7 @@ from .serializers import (
     HostSerializer,
     RegisteredSerializer,
     RegisterSerializer,
+    RotatedSerializer,
     agent_ws_url,
     annotate_groups,
 )
@@ -169,7 +172,7 @@ class HostViewSet(OrganizationScoped, mixins.ListModelMixin, mixins.RetrieveMode
     filterset_class = HostFilterSet
     lookup_value_converter = "uuid"
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
-    write_roles = {"destroy": Role.ADMIN, "revoke_credential": Role.ADMIN}
+    write_roles = {"destroy": Role.ADMIN, "revoke_credential": Role.ADMIN, "rotate_etcd_credentials": Role.ADMIN}
 
     def perform_update(self, serializer):
         host = serializer.instance
@@ -201,6 +204,25 @@ class HostViewSet(OrganizationScoped, mixins.ListModelMixin, mixins.RetrieveMode
         host.revoke_credentials(actor=self.actor)
         return Response(self.get_serializer(host).data)
 
+    @extend_schema(request=None, responses={200: RotatedSerializer,
+                                            409: OpenApiResponse(ErrorSerializer, description="etcd has no auth")})
+    @action(detail=True, methods=["post"], url_path="rotate-etcd-credentials")
+    def rotate_etcd_credentials(self, request, pk=None):
+        """New etcd password for the host (admin), pushed to it; the old one stops working at once."""
+        host = self.get_object()
+        with etcd_auth_required():
+            host.rotate_etcd_credentials(actor=self.actor)
+        return Response({"rotated": 1})
+
+
+@contextmanager
+def etcd_auth_required():
+    """409 ``etcd_auth_disabled`` when etcd runs without auth (no per-host users to rotate)."""
+    try:
+        yield
+    except etcd.EtcdAuthDisabled as exc:
+        raise Conflict(str(exc), code=exc.code) from exc
+
 
 # ---------------------------------------------------------------------------------------------
 # Groups
@@ -213,9 +235,20 @@ class GroupViewSet(OrganizationScoped, mixins.ListModelMixin, mixins.RetrieveMod
     serializer_class = GroupSerializer
     lookup_value_converter = "int"
     http_method_names = ["get", "post", "patch", "head", "options"]
+    write_roles = {"rotate_etcd_credentials": Role.ADMIN}
 
     def get_queryset(self):
         return annotate_groups(super().get_queryset())
+
+    @extend_schema(request=None, responses={200: RotatedSerializer,
+                                            409: OpenApiResponse(ErrorSerializer, description="etcd has no auth")})
+    @action(detail=True, methods=["post"], url_path="rotate-etcd-credentials")
+    def rotate_etcd_credentials(self, request, pk=None):
+        """New etcd passwords for every host of the group (admin), each pushed to its host."""
+        group = self.get_object()
+        with etcd_auth_required():
+            count = group.rotate_etcd_credentials(actor=self.actor)
+        return Response({"rotated": count})
 
     def perform_create(self, serializer):
         group = Group(organization=self.request.organization, **serializer.validated_data)

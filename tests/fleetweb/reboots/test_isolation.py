@@ -110,24 +110,27 @@ def test_provisioning_is_idempotent_and_the_password_is_encrypted(auth_etcd, acm
         client.close()
 
 
-def test_policy_carries_the_organizations_credentials_and_provisions_lazily(auth_etcd, acme, other_org,
-                                                                           web_group, other_group):
+def test_a_hosts_policy_carries_its_own_credentials_and_provisions_lazily(auth_etcd, acme, web_group,
+                                                                          make_host):
     from fleetweb.reboots import etcd
-    from fleetweb.reboots.models import EtcdAccount
+    from fleetweb.reboots.models import HostEtcdAccount
 
-    etcd.enable_auth(auth_etcd and [auth_etcd.url], "root", ROOT_PASSWORD)   # auth on, nobody provisioned
+    etcd.enable_auth([auth_etcd.url], "root", ROOT_PASSWORD)   # auth on, nobody provisioned
     etcd.reset_client()
-    assert not EtcdAccount.objects.exists()
-    frame = web_group.policy()
-    account = EtcdAccount.objects.get(organization=acme)
+    one, two = make_host(web_group), make_host(web_group)
+    frame = one.policy()
+    account = HostEtcdAccount.objects.get(host=one)
     assert account.is_provisioned
     assert frame["etcd_prefix"] == f"fleet/{acme.slug}/"
     assert frame["etcd_username"] == account.username and frame["etcd_password"] == account.password
     assert frame["max_concurrent_reboots"] == web_group.max_concurrent_reboots
     assert frame["etcd_endpoints"] == [auth_etcd.url]
-    theirs = other_group.policy()
+    theirs = two.policy()
     assert theirs["etcd_username"] != frame["etcd_username"] and theirs["etcd_password"] != frame["etcd_password"]
-    # The credentials in the frame work for the agent's own semaphore.
+    # A frame broadcast to the whole group carries nobody's credentials.
+    group_frame = web_group.policy()
+    assert "etcd_username" not in group_frame and "etcd_password" not in group_frame
+    # The credentials in the frame work for the host's own semaphore.
     client = etcd.client_for(frame["etcd_username"], frame["etcd_password"])
     try:
         assert Locksmith(client, group=frame["lock_group"], prefix=frame["etcd_prefix"]).lock("m").holders == ["m"]
