@@ -61,8 +61,13 @@ WAITING_VIEW_PATHS = discovery.KEYS_PATH
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from fleetweb.core import live  # noqa: E402
+from fleetweb.core import (
+    live,  # noqa: E402
+    redact,  # noqa: E402
+)
 from fleetweb.core.bodylimit import BodyLimit  # noqa: E402
+
+redact.install()
 from fleetweb.core.routing import websocket_urlpatterns as ui_routes  # noqa: E402
 from fleetweb.fleet.routing import http_routes  # noqa: E402
 from fleetweb.fleet.routing import websocket_urlpatterns as agent_routes  # noqa: E402

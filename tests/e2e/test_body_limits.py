@@ -121,3 +121,37 @@ def test_small_bodies_still_reach_the_view(server):
     port, _, _ = server
     r = httpx.post(f"http://127.0.0.1:{port}/api/v1/hosts/", json={"a": 1})
     assert r.status_code in (401, 403)
+
+
+@pytest.fixture
+def logged_server(transactional_db, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": REDIS_URL, "FLEET_PUBLIC_URL": url,
+           "FLEET_REDIS_PREFIX": f"fleet-test-{uuid.uuid4().hex[:8]}", "DJANGO_SETTINGS_MODULE": "fleetweb.settings",
+           "PYTHONUNBUFFERED": "1", "FLEET_MEDIA_ROOT": str(tmp_path / "media")}
+    log = tmp_path / "server.log"
+    proc = subprocess.Popen([BIN / "uvicorn", "fleetweb.asgi:application", "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=ROOT, env=env, stdout=open(log, "ab"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: proc.poll() is None and httpx.get(f"{url}/healthz", timeout=1).status_code == 200,
+                 what="the ASGI server")
+        yield url, log
+    finally:
+        stop_process(proc)
+
+
+def test_the_access_log_never_contains_url_secrets(logged_server):
+    """Fails on main before this fix: uvicorn's access log prints the secret paths as requested."""
+    url, log = logged_server
+    secret = "Zq8" + uuid.uuid4().hex + "x"
+    paths = [f"/cloud-config/{secret}", f"/fleetlock/{secret}/v1/pre-reboot", f"/v1/update/{secret}/",
+             f"/payloads/1/{uuid.uuid4()}/1/{secret}"]
+    for path in paths:
+        httpx.get(url + path)
+    httpx.get(url + "/healthz?marker=done")
+    wait_for(lambda: "marker=done" in log.read_text(), what="the access log line")
+    text = log.read_text()
+    assert "/cloud-config/<redacted>" in text
+    assert secret not in text
