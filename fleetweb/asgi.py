@@ -61,7 +61,8 @@ WAITING_VIEW_PATHS = discovery.KEYS_PATH
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from fleetweb.core import live  # noqa: E402
+from fleetweb.core import live, redact  # noqa: E402
+from fleetweb.core.bodylimit import BodyLimit  # noqa: E402
 from fleetweb.core.routing import websocket_urlpatterns as ui_routes  # noqa: E402
 from fleetweb.fleet.routing import http_routes  # noqa: E402
 from fleetweb.fleet.routing import websocket_urlpatterns as agent_routes  # noqa: E402
@@ -76,8 +77,10 @@ async def http(scope, receive, send):
 
 # Agents authenticate with a bearer credential and send no Origin header; the dashboard socket
 # is wrapped with sessions and origin validation in its own routing module.
+redact.install()  # after the ASGI server configured its loggers
+
 router = ProtocolTypeRouter({
-    "http": http,
+    "http": BodyLimit(http),
     "websocket": URLRouter(agent_routes + ui_routes),
 })
 

@@ -256,6 +256,12 @@ X_FRAME_OPTIONS = "DENY"
 
 # request body limits, read while streaming
 # (sec-body)
+FLEET_MAX_UPLOAD_SIZE = envint("FLEET_MAX_UPLOAD_SIZE", 8 * 1024**3)  # release uploads
+FLEET_MAX_CONFIG_BODY = envint("FLEET_MAX_CONFIG_BODY", 4 * 1024**2)  # cloud-config routes
+FLEET_MAX_AGENT_BODY = envint("FLEET_MAX_AGENT_BODY", 64 * 1024)  # agents, Omaha, FleetLock
+FLEET_MAX_REQUEST_BODY = envint("FLEET_MAX_REQUEST_BODY", 1024**2)  # everything else
+# The ASGI middleware above bounds the bytes read; Django's own check bounds non-file form data.
+DATA_UPLOAD_MAX_MEMORY_SIZE = FLEET_MAX_CONFIG_BODY
 
 # etcd discovery service
 # (sec-discovery)
@@ -345,7 +351,8 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"redact": {"()": "fleetweb.core.redact.RedactSecrets"}},  # (sec-body) no secrets in logs
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }
