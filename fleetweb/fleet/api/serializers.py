@@ -203,7 +203,7 @@ class EnrollmentTokenCreateSerializer(EnrollmentTokenSerializer):
         return self.context["secret"]
 
     def get_command(self, obj) -> str:
-        return f"agent register --server {settings.FLEET_PUBLIC_URL} --token {self.context['secret']}"
+        return obj.enrollment_command(self.context["secret"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -62,7 +62,8 @@ def client_address(request) -> str | None:
 
 def registered(host, credential: str) -> dict:
     return {"host_id": str(host.pk), "credential": credential, "ws_url": agent_ws_url(),
-            "group": host.group.slug, "org": host.group.organization.slug}
+            "group": host.group.slug, "org": host.group.organization.slug,
+            **host.group.signing_key_fields()}  # trust material the agent pins (checked against --key-hash)
 
 
 # The answer holds a secret: no cache may keep it.
