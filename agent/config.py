@@ -58,6 +58,8 @@ EXIT_HANDSHAKE_TIMEOUT = 22    # run --once: no policy arrived in time
 EXIT_DISK_MISSING = 30
 EXIT_MACHINE_ID_MISSING = 31
 EXIT_NOT_REGISTERED = 40
+EXIT_INSECURE_SERVER = 50      # register: plain http:// to a non-loopback server without --insecure-http
+EXIT_KEY_MISMATCH = 51         # register: the server's signing key does not match --key-hash
 EXIT_UNAUTHORIZED = 41         # run --once: the server rejected the credential
 
 TOKEN_ERROR_EXITS = {

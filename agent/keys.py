@@ -54,6 +54,29 @@ def _valid_key(public_key: str) -> bool:
         return False
 
 
+class TrustError(ValueError):
+    pass
+
+
+def pin_at_registration(state_dir: str | Path, answer: dict, key_hash: str | None) -> str | None:
+    """Check the register answer's signing key against ``--key-hash`` and return it (pin it with
+    :func:`save_pin` once the registration is stored). Raise TrustError on a mismatch."""
+    key = answer.get("signing_key")
+    if not key or not _valid_key(key):
+        if key_hash:
+            raise TrustError("the server's register answer carries no valid signing key to check --key-hash against")
+        return None
+    actual = signing.fingerprint(key)
+    if key_hash and actual != key_hash:
+        raise TrustError(f"the server's signing key {actual} does not match --key-hash {key_hash}: "
+                         f"another server (or a network attacker) answered; nothing was stored")
+    return key
+
+
+def save_pin(state_dir: str | Path, public_key: str) -> None:
+    _save(state_dir, public_key, [])
+
+
 def apply_policy_key(state_dir: str | Path, policy: dict) -> PinResult:
     """Pin, keep, or rotate the signing key a policy carries."""
     new = policy.get("signing_key")
@@ -71,6 +94,18 @@ def apply_policy_key(state_dir: str | Path, policy: dict) -> PinResult:
         return PinResult(UNCHANGED, pin["key_id"])
     endorsement = policy.get("signing_key_endorsement")
     old_id, new_id = signing.key_id(old), signing.key_id(new)
+    chain = policy.get("signing_key_chain")
+    if chain:
+        # Follow every endorsement from the pinned key to the current one (an agent offline across
+        # several rotations); an unendorsed key (a network attacker's) breaks the chain.
+        try:
+            signing.follow_chain(old, new, chain)
+        except signing.SignatureError as exc:
+            return PinResult(MISMATCH, old_id, message=f"signing key {new_id} is not reachable from the pinned key "
+                                                       f"{old_id} by endorsements ({exc}); keeping the pin")
+        history = list(pin.get("history") or []) + [{"public_key": old, "key_id": old_id}]
+        _save(state_dir, new, history[-10:])
+        return PinResult(ROTATED, new_id, previous_key_id=old_id)
     if not endorsement:
         return PinResult(MISMATCH, old_id, message=f"the server offers signing key {new_id} but {old_id} is pinned "
                                                    f"and there is no endorsement; rotate the key on the server "

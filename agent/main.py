@@ -71,12 +71,17 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
 @click.option("--hostname", default=None, help="hostname to report [default: the host's]")
 @click.option("--health-cmd", default=None,
               help="shell command run after booting a new version (non-zero exit = unhealthy: roll back)")
+@click.option("--key-hash", default=None,
+              help="sha256:<hex> fingerprint of the organization's signing key (shown with the enrollment command); "
+                   "the server's key must match (exit 51) and is pinned")
+@click.option("--insecure-http", is_flag=True,
+              help="allow a plain http:// server that is not a loopback address (exit 50 without it)")
 @expected_errors
-def register(server, token, state_dir, disk, root, machine_id, hostname, health_cmd) -> None:
+def register(server, token, state_dir, disk, root, machine_id, hostname, health_cmd, key_hash, insecure_http) -> None:
     """Enroll this host with a token; stores the credential in the state dir."""
     from agent.register import register as do_register
     config = do_register(server, token, state_dir, disk=disk, root=root, machine_id=machine_id, hostname=hostname,
-                         health_cmd=health_cmd)
+                         health_cmd=health_cmd, key_hash=key_hash, insecure_http=insecure_http)
     click.echo(f"registered host {config.host_id} with {config.server}"
                f"{f' (group {config.group})' if config.group else ''}; state in {config.state_dir}")
 

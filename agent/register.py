@@ -1,6 +1,7 @@
 """``agent register``: trade an enrollment token for a host credential (stdlib urllib only)."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -11,14 +12,18 @@ import urllib.request
 from pathlib import Path
 
 from agent import disk as gptdisk
+from agent import keys, signing
 from agent.config import (
     AGENT_VERSION,
     EXIT_DISK_MISSING,
     EXIT_HOST_EXISTS,
+    EXIT_INSECURE_SERVER,
+    EXIT_KEY_MISMATCH,
     EXIT_MACHINE_ID_MISSING,
     EXIT_REGISTER_REJECTED,
     EXIT_SERVER_ERROR,
     EXIT_SERVER_UNREACHABLE,
+    EXIT_USAGE,
     TOKEN_ERROR_EXITS,
     AgentError,
     Config,
@@ -71,12 +76,33 @@ def _ws_url(server: str, ws_url: str | None) -> str:
     return urllib.parse.urlunsplit((scheme, parts.netloc, urllib.parse.urljoin(parts.path or "/", path), "", ""))
 
 
+def is_loopback(hostname: str | None) -> bool:
+    if not hostname:
+        return False
+    if hostname.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
 def register(server: str, token: str, state_dir: str | os.PathLike, disk: str | None = None,
              root: str = "/", machine_id: str | None = None, hostname: str | None = None,
-             health_cmd: str | None = None) -> Config:
+             health_cmd: str | None = None, key_hash: str | None = None, insecure_http: bool = False) -> Config:
     server = server.rstrip("/")
-    if urllib.parse.urlsplit(server).scheme not in ("http", "https"):
+    parts = urllib.parse.urlsplit(server)
+    if parts.scheme not in ("http", "https"):
         raise AgentError(f"--server {server!r} must be an http:// or https:// URL")
+    if parts.scheme == "http" and not is_loopback(parts.hostname) and not insecure_http:
+        raise AgentError(f"refusing plain http:// to {parts.hostname}: the token and the credential would cross the "
+                         f"network in clear; use https:// (or --insecure-http on a trusted network)",
+                         EXIT_INSECURE_SERVER)
+    if key_hash:
+        try:
+            key_hash = signing.parse_fingerprint(key_hash)
+        except ValueError as exc:
+            raise AgentError(f"--key-hash: {exc}", EXIT_USAGE) from None
     state_dir = Path(state_dir)
     host = Host(root=root, disk=disk, state_dir=state_dir)
 
@@ -123,12 +149,22 @@ def register(server: str, token: str, state_dir: str | os.PathLike, disk: str | 
         missing = [k for k in ("host_id", "credential") if not payload.get(k)]
         if missing:
             raise AgentError(f"the server's register answer lacks {', '.join(missing)}", EXIT_SERVER_ERROR)
+        try:
+            public_key = keys.pin_at_registration(state_dir, payload, key_hash)
+        except keys.TrustError as exc:
+            raise AgentError(str(exc), EXIT_KEY_MISMATCH) from None
+        if not key_hash:
+            log.warning("no --key-hash: trusting the signing key %s this server sent on first use; pass the "
+                        "--key-hash shown with the enrollment command to pin it",
+                        signing.fingerprint(public_key) if public_key else "(none yet)")
         config = Config(state_dir=state_dir, server=server, ws_url=_ws_url(server, payload.get("ws_url")),
                         host_id=str(payload["host_id"]), disk=disk_path, root=os.path.abspath(root),
                         machine_id=machine_id, hostname=hostname, group=payload.get("group"),
                         org=payload.get("org"), health_cmd=health_cmd or None,
                         credential=str(payload["credential"]))
         config.save()
+        if public_key:
+            keys.save_pin(state_dir, public_key)
         return config
     code = payload.get("code")
     if code == "host_exists":

@@ -104,3 +104,50 @@ def verify_bytes(public_key_b64: str, signature_b64: str, data: bytes) -> None:
         key.verify(base64.b64decode(signature_b64.strip(), validate=True), data)
     except (ValueError, TypeError, InvalidSignature):
         raise SignatureError("signature does not match the signed file") from None
+
+
+# Fingerprints and endorsement chains (issue 9 item 11): the enrollment command pins the
+# organization's key by its fingerprint, as ``kubeadm join --discovery-token-ca-cert-hash`` does.
+FINGERPRINT_PREFIX = "sha256:"
+MAX_KEY_CHAIN = 64
+
+
+def fingerprint(public_key_b64: str) -> str:
+    """``sha256:<hex>`` of the raw 32-byte Ed25519 public key."""
+    return FINGERPRINT_PREFIX + hashlib.sha256(base64.b64decode(public_key_b64, validate=True)).hexdigest()
+
+
+def parse_fingerprint(value: str) -> str:
+    """Normalize ``sha256:<64 hex>``; raise ValueError for anything else."""
+    value = (value or "").strip().lower()
+    digest = value[len(FINGERPRINT_PREFIX):] if value.startswith(FINGERPRINT_PREFIX) else ""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"{value!r} is not a key hash of the form sha256:<64 hex digits>")
+    return FINGERPRINT_PREFIX + digest
+
+
+def follow_chain(pinned_public_key_b64: str, current_public_key_b64: str, chain: list) -> list[str]:
+    """The keys from the pinned one to ``current``, each endorsed by the one before.
+
+    ``chain`` lists ``{"public_key", "endorsement"}`` entries, oldest first (an entry's endorsement
+    is the previous key's signature over it). Raises SignatureError unless an unbroken run of
+    endorsements leads from the pinned key to the current key. At most MAX_KEY_CHAIN links.
+    """
+    if pinned_public_key_b64 == current_public_key_b64:
+        return [current_public_key_b64]
+    if not isinstance(chain, list) or len(chain) > MAX_KEY_CHAIN:
+        raise SignatureError(f"the key chain is missing or longer than {MAX_KEY_CHAIN} links")
+    keys = [pinned_public_key_b64]
+    start = next((i for i, link in enumerate(chain)
+                  if isinstance(link, dict) and link.get("public_key") == pinned_public_key_b64), None)
+    if start is None:
+        raise SignatureError("the pinned signing key is not in the server's key chain")
+    for link in chain[start + 1:]:
+        if not isinstance(link, dict):
+            raise SignatureError("malformed key chain")
+        new, endorsement = str(link.get("public_key") or ""), str(link.get("endorsement") or "")
+        verify_rotation(keys[-1], new, endorsement)
+        keys.append(new)
+        if new == current_public_key_b64:
+            return keys
+    raise SignatureError("the key chain does not lead from the pinned key to the current key")

@@ -12,7 +12,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import slugify
 
-from agent import protocol
+from agent import protocol, signing
 from agent import window as reboot_window
 from fleetweb.core import secrets
 
@@ -173,13 +173,7 @@ class Group(models.Model):
     def signing_key_fields(self) -> dict:
         from fleetweb.updates.models import SigningKey
 
-        key = SigningKey.objects.active(self.organization_id)
-        if key is None:
-            return {}
-        fields = {"signing_key": key.public_key, "signing_key_id": key.key_id}
-        if key.endorsement:
-            fields["signing_key_endorsement"] = key.endorsement
-        return fields
+        return SigningKey.objects.trust_fields(self.organization_id)
 
     @transaction.atomic
     def apply_changes(self, changes: dict, actor: str = "", force_push: bool = False) -> list[str]:
@@ -337,6 +331,15 @@ class EnrollmentToken(models.Model):
         if self.max_uses is not None and self.uses >= self.max_uses:
             return "used up"
         return "active"
+
+    def enrollment_command(self, secret: str) -> str:
+        """The ``agent register`` line for this token, pinning the organization's signing key by its
+        fingerprint (like ``kubeadm join --discovery-token-ca-cert-hash``)."""
+        from fleetweb.updates.models import SigningKey
+
+        key = SigningKey.objects.ensure(self.organization)
+        return (f"agent register --server {settings.FLEET_PUBLIC_URL} --token {secret} "
+                f"--key-hash {signing.fingerprint(key.public_key)}")
 
     def revoke(self, actor: str = "") -> bool:
         done = EnrollmentToken.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())

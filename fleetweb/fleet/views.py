@@ -164,7 +164,7 @@ def token_list(request):
                 form.cleaned_data["group"], name=form.cleaned_data["name"], expires_in=form.expires_in(),
                 max_uses=form.cleaned_data["max_uses"], created_by=request.user)
             # The secret is shown in this response only: no redirect, nothing stored.
-            created = {"token": token, "secret": secret}
+            created = {"token": token, "secret": secret, "command": token.enrollment_command(secret)}
             form = None
         else:
             status = INVALID

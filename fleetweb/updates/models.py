@@ -60,6 +60,21 @@ class SigningKeyManager(models.Manager):
     def active(self, organization) -> "SigningKey | None":
         return self.filter(organization=organization, retired_at__isnull=True).order_by("-created").first()
 
+    def trust_fields(self, organization) -> dict:
+        """What an agent needs to pin and follow the key: the current key, its fingerprint and the
+        chain of endorsements (oldest first, bounded) that leads to it. One query."""
+        keys = list(self.filter(organization=organization).order_by("-created", "-pk")[:signing.MAX_KEY_CHAIN])
+        current = next((k for k in keys if k.retired_at is None), None)
+        if current is None:
+            return {}
+        chain = [{"public_key": k.public_key, "endorsement": k.endorsement} for k in reversed(keys)
+                 if k.created <= current.created]
+        fields = {"signing_key": current.public_key, "signing_key_id": current.key_id,
+                  "signing_key_hash": signing.fingerprint(current.public_key), "signing_key_chain": chain}
+        if current.endorsement:
+            fields["signing_key_endorsement"] = current.endorsement
+        return fields
+
     def ensure(self, organization) -> "SigningKey":
         return self.active(organization) or self.generate(organization)
 

@@ -20,6 +20,7 @@ TOKEN_CODES = {"bad": "token_invalid", "old": "token_expired", "gone": "token_re
 def register_server():
     """A tiny stand-in for POST /api/v1/agents/register; records requests."""
     seen: list[dict] = []
+    extra: dict = {}  # more fields for the 201 answer (e.g. the signing key)
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -34,7 +35,7 @@ def register_server():
                 code = TOKEN_CODES[body["token"]]
                 return self._answer(403 if code != "token_invalid" else 401, {"detail": f"token: {code}", "code": code})
             self._answer(201, {"host_id": "7d3c", "credential": "cred-xyz", "ws_url": "/ws/agent/",
-                               "group": "web", "org": "acme"})
+                               "group": "web", "org": "acme", **extra})
 
         def _answer(self, status, payload):
             raw = json.dumps(payload).encode()
@@ -48,6 +49,7 @@ def register_server():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     server.seen = seen
+    server.extra = extra
     server.url = f"http://127.0.0.1:{server.server_address[1]}"
     yield server
     server.shutdown()

@@ -108,11 +108,11 @@ class AgentProc:
     def update_conf(self) -> str:
         return (self.root / "etc/coreos/update.conf").read_text()
 
-    def register(self, token: str | None = None) -> subprocess.CompletedProcess:
+    def register(self, token: str | None = None, *extra: str) -> subprocess.CompletedProcess:
         res = subprocess.run(
             [BIN / "agent", "register", "--server", self.server, "--token", token or self.token,
              "--state-dir", str(self.state_dir), "--disk", str(self.disk), "--root", str(self.root),
-             "--machine-id", uuid.uuid5(uuid.NAMESPACE_DNS, self.name).hex, "--hostname", self.name],
+             "--machine-id", uuid.uuid5(uuid.NAMESPACE_DNS, self.name).hex, "--hostname", self.name, *extra],
             capture_output=True, text=True, env=self.env, timeout=60)
         if res.returncode == 0:
             self.host_id = json.loads((self.state_dir / "agent.json").read_text())["host_id"]

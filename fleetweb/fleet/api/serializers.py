@@ -95,6 +95,14 @@ class RegisteredSerializer(serializers.Serializer):
     ws_url = serializers.CharField()
     group = serializers.CharField(help_text="Slug of the group the token enrolled the host in")
     org = serializers.CharField(help_text="Slug of the organization")
+    signing_key = serializers.CharField(required=False, help_text="The organization's release signing key (base64 "
+                                        "Ed25519); the agent checks it against --key-hash and pins it")
+    signing_key_id = serializers.CharField(required=False)
+    signing_key_hash = serializers.CharField(required=False, help_text="sha256:<hex> of the raw public key")
+    signing_key_endorsement = serializers.CharField(required=False)
+    signing_key_chain = serializers.ListField(child=serializers.DictField(), required=False,
+                                              help_text="{public_key, endorsement} oldest first: each key "
+                                                        "endorsed by the one before")
 
 
 def agent_ws_url() -> str:
@@ -203,7 +211,7 @@ class EnrollmentTokenCreateSerializer(EnrollmentTokenSerializer):
         return self.context["secret"]
 
     def get_command(self, obj) -> str:
-        return f"agent register --server {settings.FLEET_PUBLIC_URL} --token {self.context['secret']}"
+        return obj.enrollment_command(self.context["secret"])
 
 
 # ---------------------------------------------------------------------------------------------

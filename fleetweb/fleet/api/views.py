@@ -5,6 +5,7 @@ import logging
 from contextlib import contextmanager
 from datetime import timedelta
 
+from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.utils.text import slugify
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -63,9 +64,10 @@ def client_address(request) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
 
 
-def registered(host, credential: str) -> dict:
+def registered(host, credential: str, trust: dict) -> dict:
+    """``trust``: the signing key and its endorsement chain, pinned by the agent (against --key-hash)."""
     return {"host_id": str(host.pk), "credential": credential, "ws_url": agent_ws_url(),
-            "group": host.group.slug, "org": host.group.organization.slug}
+            "group": host.group.slug, "org": host.group.organization.slug, **trust}
 
 
 # The answer holds a secret: no cache may keep it.
@@ -102,7 +104,7 @@ class RegisterView(APIView):
                                                      credential=bearer(request.META.get("HTTP_AUTHORIZATION")))
         except EnrollmentError as exc:
             raise TokenRejected(exc) from None
-        return Response(registered(host, credential), status=status.HTTP_201_CREATED, headers=NO_STORE)
+        return Response(registered(host, credential, host.group.signing_key_fields()), status=status.HTTP_201_CREATED, headers=NO_STORE)
 
 
 MAX_REGISTER_BODY = 64 * 1024
@@ -157,7 +159,8 @@ async def register_endpoint(scope, receive, send) -> None:
         log.exception("registration failed")
         return await answer(500, {"detail": "The registration could not be stored (nothing was): try again.",
                                   "errors": {}})
-    await answer(201, registered(host, credential), NO_STORE)
+    trust = await sync_to_async(host.group.signing_key_fields)()
+    await answer(201, registered(host, credential, trust), NO_STORE)
 
 
 # ---------------------------------------------------------------------------------------------

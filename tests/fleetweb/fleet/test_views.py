@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
+from agent import signing
 from fleetweb.fleet.models import EnrollmentToken, Event, Group
+from fleetweb.updates.models import SigningKey
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
 
@@ -193,9 +195,10 @@ def test_a_new_token_secret_is_shown_once(web, web_group, settings):
     assert response.status_code == 200
     token = EnrollmentToken.objects.get(name="rack 4")
     body = response.content.decode()
-    secret = body.split("--token ")[1].split("<")[0].strip()
+    secret = body.split("--token ")[1].split(" ")[0].strip()
     assert secret.startswith(f"fwe_{token.lookup}_")
-    assert f"agent register --server {settings.FLEET_PUBLIC_URL} --token {secret}" in body
+    key_hash = signing.fingerprint(SigningKey.objects.active(web_group.organization).public_key)
+    assert f"agent register --server {settings.FLEET_PUBLIC_URL} --token {secret} --key-hash {key_hash}" in body
     assert token.max_uses == 5 and token.expires_at is not None
     later = web.get("/tokens/").content.decode()
     assert "rack 4" in later and secret not in later

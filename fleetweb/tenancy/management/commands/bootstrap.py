@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils.text import slugify
 
+from agent import signing
 from fleetweb.fleet.models import EnrollmentToken, Group
 from fleetweb.tenancy.choices import Role
 from fleetweb.tenancy.models import ApiKey, Membership, Organization
@@ -44,7 +45,7 @@ class Command(BaseCommand):
         org = Organization.objects.filter(slug=slug).first() or Organization.objects.create_with_defaults(
             opts["org"], slug)
         Channel.objects.create_defaults(org)
-        SigningKey.objects.ensure(org)  # the release signing key (private half encrypted at rest)
+        key = SigningKey.objects.ensure(org)  # the release signing key (private half encrypted at rest)
         user, created = User.objects.get_or_create(username=opts["user"])
         if created or not user.check_password(opts["password"]):
             user.set_password(opts["password"])
@@ -64,7 +65,7 @@ class Command(BaseCommand):
             token.revoke(actor=BOOTSTRAP)
         _, enrollment = EnrollmentToken.objects.issue(group, name=BOOTSTRAP, created_by=user)
         out = {"org": org.slug, "user": user.username, "api_key": api_key, "group": group.slug,
-               "enrollment_token": enrollment}
+               "enrollment_token": enrollment, "key_hash": signing.fingerprint(key.public_key)}
         if opts["json"]:
             self.stdout.write(json.dumps(out))
         else:

@@ -7,7 +7,9 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from agent import signing
 from fleetweb.fleet.models import EnrollmentToken, Event, Group, Host, HostCredential
+from fleetweb.updates.models import SigningKey
 from tests.conftest import partitions
 
 URL = "/api/v1/agents/register"
@@ -30,7 +32,7 @@ def test_it_registers_a_host_and_returns_its_credential(token, settings):
     assert r.status_code == 201, r.content
     assert r["Cache-Control"] == "no-store"  # the answer holds a secret
     data = r.json()
-    assert set(data) == {"host_id", "credential", "ws_url", "group", "org"}
+    assert {"host_id", "credential", "ws_url", "group", "org"} <= set(data)
     assert data["ws_url"] == "wss://fleet.example.com/ws/agent/"
     assert data["group"] == "web" and data["org"] == "acme"
     host = Host.objects.get(pk=data["host_id"])
@@ -248,6 +250,22 @@ def test_it_stores_nothing_when_the_host_cannot_be_written(token, monkeypatch):
 def test_it_costs_a_fixed_number_of_queries(token, django_assert_max_num_queries):
     client = APIClient()
     client.post(URL, body(token.secret, machine_id="e" * 32), format="json")  # warm up
-    with django_assert_max_num_queries(8):
+    # 9 (was 8): the answer carries the signing key and its endorsement chain (issue 9 item 11)
+    with django_assert_max_num_queries(9):
         r = client.post(URL, body(token.secret), format="json")
     assert r.status_code == 201
+
+
+def test_it_answers_with_the_trust_material_an_agent_offline_across_rotations_can_follow(token):
+    """The register answer carries the current key, its fingerprint and the endorsement chain."""
+    org = token.group.organization
+    first = SigningKey.objects.ensure(org)
+    for _ in range(3):
+        SigningKey.objects.rotate(org)
+    current = SigningKey.objects.active(org)
+    data = APIClient().post(URL, body(token.secret), format="json").json()
+    assert data["signing_key"] == current.public_key
+    assert data["signing_key_hash"] == signing.fingerprint(current.public_key)
+    assert len(data["signing_key_chain"]) == 4
+    path = signing.follow_chain(first.public_key, current.public_key, data["signing_key_chain"])
+    assert len(path) == 4 and path[-1] == current.public_key

@@ -6,7 +6,9 @@ from datetime import timedelta
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from agent import signing
 from fleetweb.fleet.models import EnrollmentToken, Event
+from fleetweb.updates.models import SigningKey
 
 URL = "/api/v1/tokens/"
 
@@ -19,7 +21,9 @@ def test_it_creates_a_token_and_shows_the_secret_once(operator, web_group, setti
     data = r.json()
     secret = data["token"]
     assert secret.startswith("fwe_")
-    assert data["command"] == f"agent register --server https://fleet.example.com --token {secret}"
+    key = SigningKey.objects.active(web_group.organization)
+    assert data["command"] == (f"agent register --server https://fleet.example.com --token {secret} "
+                               f"--key-hash {signing.fingerprint(key.public_key)}")
     assert data["max_uses"] == 3 and data["uses"] == 0 and data["state"] == "active" and data["name"] == "rack 7"
     assert "expires_in" not in data
     token = EnrollmentToken.objects.get(pk=data["id"])
