@@ -259,6 +259,15 @@ X_FRAME_OPTIONS = "DENY"
 
 # etcd discovery service
 # (sec-discovery)
+# Anonymous GET /discovery/new (as discovery.etcd.io); off: an operator's API key is needed (401).
+FLEET_DISCOVERY_ANONYMOUS = envbool("FLEET_DISCOVERY_ANONYMOUS", "0")
+# A token unused (no read, registration or watch) this many seconds answers 404 and is deleted.
+FLEET_DISCOVERY_TOKEN_TTL = envint("FLEET_DISCOVERY_TOKEN_TTL", 7 * 24 * 3600)
+# Open watches (?wait=true) per token (429) and per web process (503).
+FLEET_DISCOVERY_WATCHES_PER_TOKEN = envint("FLEET_DISCOVERY_WATCHES_PER_TOKEN", 128)
+FLEET_DISCOVERY_WATCHES_PER_PROCESS = envint("FLEET_DISCOVERY_WATCHES_PER_PROCESS", 1000)
+CELERY_BEAT_SCHEDULE["delete-expired-discovery-tokens"] = {
+    "task": "fleetweb.cloudconfig.tasks.delete_expired_discovery_tokens", "schedule": 3600.0}
 
 # Omaha URLs
 # (sec-omaha)
