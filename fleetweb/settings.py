@@ -261,6 +261,10 @@ X_FRAME_OPTIONS = "DENY"
 # (sec-discovery)
 # Anonymous GET /discovery/new (as discovery.etcd.io); off: an operator's API key is needed (401).
 FLEET_DISCOVERY_ANONYMOUS = envbool("FLEET_DISCOVERY_ANONYMOUS", "0")
+# When on: anonymous creations per client IP (a `limits` rate string; Redis when REDIS_URL is set) and a
+# cap on live anonymous tokens; beyond either, 429 and nothing stored.
+FLEET_DISCOVERY_ANONYMOUS_RATE = env("FLEET_DISCOVERY_ANONYMOUS_RATE", "20/hour") or "20/hour"
+FLEET_DISCOVERY_ANONYMOUS_MAX_TOKENS = envint("FLEET_DISCOVERY_ANONYMOUS_MAX_TOKENS", 10000)
 # A token unused (no read, registration or watch) this many seconds answers 404 and is deleted.
 FLEET_DISCOVERY_TOKEN_TTL = envint("FLEET_DISCOVERY_TOKEN_TTL", 7 * 24 * 3600)
 # Open watches (?wait=true) per token (429) and per web process (503).

@@ -39,6 +39,9 @@ from django.conf import settings
 from django.http import HttpResponse, JsonResponse, QueryDict
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
+from limits import parse
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
@@ -114,6 +117,17 @@ def _flag(request, name: str) -> bool:
 # /discovery/new
 # ---------------------------------------------------------------------------------------------
 
+_limiter: MovingWindowRateLimiter | None = None
+
+
+def anonymous_limiter() -> MovingWindowRateLimiter:
+    """The per-IP limiter of anonymous creations, shared across processes through Redis when set."""
+    global _limiter
+    if _limiter is None:
+        _limiter = MovingWindowRateLimiter(storage_from_string(settings.REDIS_URL or "memory://"))
+    return _limiter
+
+
 def _refusal(code: str, detail: str, status: int) -> JsonResponse:
     return JsonResponse({"code": code, "detail": detail}, status=status)
 
@@ -148,6 +162,14 @@ def new(request):
     elif not settings.FLEET_DISCOVERY_ANONYMOUS:
         return _refusal("anonymous_disabled", "Anonymous discovery tokens are disabled: send an operator's "
                         "API key (Authorization: Bearer).", 401)
+    elif DiscoveryToken.objects.live().filter(organization__isnull=True).count() \
+            >= settings.FLEET_DISCOVERY_ANONYMOUS_MAX_TOKENS:
+        return _refusal("anonymous_tokens_exhausted", "Too many anonymous discovery tokens exist; use an API key "
+                        "or retry when unused ones have expired.", 429)
+    elif not anonymous_limiter().hit(parse(settings.FLEET_DISCOVERY_ANONYMOUS_RATE), "discovery-new",
+                                     request.META.get("REMOTE_ADDR", "")):
+        return _refusal("rate_limited", f"Too many anonymous discovery tokens from this address "
+                        f"(limit {settings.FLEET_DISCOVERY_ANONYMOUS_RATE}); use an API key.", 429)
     else:
         org, user = None, None
     token = DiscoveryToken.objects.issue(size, organization=org,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -49,6 +50,27 @@ def test_a_bad_api_key_is_refused_with_a_code():
     r = Client().get("/discovery/new", HTTP_AUTHORIZATION="Bearer fwk_nope")
     assert r.status_code == 401 and r.json()["code"] == "invalid_api_key"
     assert not DiscoveryToken.objects.exists()
+
+
+def test_anonymous_creation_is_rate_limited_per_address(settings):
+    settings.FLEET_DISCOVERY_ANONYMOUS = True
+    settings.FLEET_DISCOVERY_ANONYMOUS_RATE = "2/hour"
+    discovery._limiter = None
+    web = Client(REMOTE_ADDR=f"2001:db8::{uuid.uuid4().hex[:4]}")  # fresh in a shared Redis
+    assert [web.get("/discovery/new").status_code for _ in range(2)] == [200, 200]
+    r = web.get("/discovery/new")
+    assert r.status_code == 429 and r.json()["code"] == "rate_limited"
+    assert DiscoveryToken.objects.count() == 2
+    discovery._limiter = None
+
+
+def test_anonymous_tokens_are_capped(settings):
+    settings.FLEET_DISCOVERY_ANONYMOUS = True
+    settings.FLEET_DISCOVERY_ANONYMOUS_MAX_TOKENS = 1
+    DiscoveryToken.objects.issue(3)
+    r = Client(REMOTE_ADDR="192.0.2.78").get("/discovery/new")
+    assert r.status_code == 429 and r.json()["code"] == "anonymous_tokens_exhausted"
+    assert DiscoveryToken.objects.count() == 1
 
 
 def test_an_unused_token_expires_and_is_deleted(settings):
