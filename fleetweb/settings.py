@@ -270,6 +270,8 @@ FLEET_DISCOVERY_TOKEN_TTL = envint("FLEET_DISCOVERY_TOKEN_TTL", 7 * 24 * 3600)
 # Open watches (?wait=true) per token (429) and per web process (503).
 FLEET_DISCOVERY_WATCHES_PER_TOKEN = envint("FLEET_DISCOVERY_WATCHES_PER_TOKEN", 128)
 FLEET_DISCOVERY_WATCHES_PER_PROCESS = envint("FLEET_DISCOVERY_WATCHES_PER_PROCESS", 1000)
+# An open watch is woken when its token changes; it rechecks the database this often (seconds) anyway.
+FLEET_DISCOVERY_WATCH_RECHECK = envint("FLEET_DISCOVERY_WATCH_RECHECK", 5)
 CELERY_BEAT_SCHEDULE["delete-expired-discovery-tokens"] = {
     "task": "fleetweb.cloudconfig.tasks.delete_expired_discovery_tokens", "schedule": 3600.0}
 

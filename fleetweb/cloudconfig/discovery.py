@@ -45,6 +45,7 @@ from limits.strategies import MovingWindowRateLimiter
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
+from fleetweb.core.hub import hub
 from fleetweb.tenancy import throttle
 from fleetweb.tenancy.authentication import ApiKeyAuthentication
 from fleetweb.tenancy.choices import Role
@@ -57,7 +58,6 @@ TOKEN_RE = re.compile(rf"^{TOKEN}$")
 # them past the middleware chain, since a watch waits (fleetweb.asgi.WaitingViewHandler).
 KEYS_PATH = re.compile(rf"^/discovery/{TOKEN}(/|$)")
 MEMBER_RE = re.compile(r"^[0-9A-Za-z]{1,32}$")
-POLL_SECONDS = 0.25
 
 
 def wait_seconds() -> float:
@@ -251,16 +251,35 @@ async def _watch(request, token_str: str, key: str) -> HttpResponse:
     except ValueError:
         return _error(203, "The given index in POST form is not a number", "Watch", token.index, 400)
     deadline = time.monotonic() + wait_seconds()
-    while True:
-        found = _events(token, members, key, recursive, wait_index)
-        if found is not None:
-            return _answer(found, token.index)
-        if time.monotonic() >= deadline:
-            return _answer(None, token.index)  # empty body: the client asks again with the same index
-        await asyncio.sleep(POLL_SECONDS)
-        token, members = await sync_to_async(_load)(token_str)
-        if token is None:
-            return _not_found(f"/{token_str}")
+    # Woken through the hub when the token changes (a registration or a removal, in any process);
+    # a slow recheck (FLEET_DISCOVERY_WATCH_RECHECK) covers a wake-up lost on the way.
+    changed, loop = asyncio.Event(), asyncio.get_running_loop()
+
+    async def wake(_text: str) -> None:
+        loop.call_soon_threadsafe(changed.set)  # the hub may deliver from another loop (tests' threads)
+
+    watch_key = token.watch_key
+    await hub.join(watch_key, wake)
+    try:
+        while True:
+            found = _events(token, members, key, recursive, wait_index)
+            if found is not None:
+                return _answer(found, token.index)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return _answer(None, token.index)  # empty body: the client asks again with the same index
+            try:
+                await asyncio.wait_for(changed.wait(),
+                                       timeout=min(remaining, settings.FLEET_DISCOVERY_WATCH_RECHECK))
+            except asyncio.TimeoutError:
+                if time.monotonic() >= deadline:
+                    return _answer(None, token.index)
+            changed.clear()
+            token, members = await sync_to_async(_load)(token_str)
+            if token is None:
+                return _not_found(f"/{token_str}")
+    finally:
+        hub.leave(watch_key, wake)
 
 
 def _get(request, token_str: str, key: str) -> HttpResponse:

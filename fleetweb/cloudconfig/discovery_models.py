@@ -15,6 +15,8 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from fleetweb.core.hub import hub
+
 MAX_SIZE = 99
 DEFAULT_SIZE = 3
 
@@ -104,6 +106,7 @@ class DiscoveryToken(models.Model):
             except IntegrityError:  # a concurrent registration of the same id won
                 raise DiscoveryError(105, "Key already exists", f"/{token.token}/{member_id}", token.index,
                                      412) from None
+            transaction.on_commit(self.wake_watches)
         self.index = token.index
         return member
 
@@ -112,7 +115,16 @@ class DiscoveryToken(models.Model):
             deleted, _ = self.members.filter(member_id=member_id).delete()
             if deleted:
                 DiscoveryToken.objects.filter(pk=self.pk).update(index=F("index") + 1)
+                transaction.on_commit(self.wake_watches)
         return bool(deleted)
+
+    @property
+    def watch_key(self) -> str:
+        return f"discovery:{self.token}"
+
+    def wake_watches(self) -> None:
+        """Tell this token's open watches, in every web process, that it changed."""
+        hub.publish(self.watch_key, {"type": "changed"})
 
 
 class DiscoveryMember(models.Model):
