@@ -265,6 +265,21 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = FLEET_MAX_CONFIG_BODY
 
 # etcd discovery service
 # (sec-discovery)
+# Anonymous GET /discovery/new (as discovery.etcd.io); off: an operator's API key is needed (401).
+FLEET_DISCOVERY_ANONYMOUS = envbool("FLEET_DISCOVERY_ANONYMOUS", "0")
+# When on: anonymous creations per client IP (a `limits` rate string; Redis when REDIS_URL is set) and a
+# cap on live anonymous tokens; beyond either, 429 and nothing stored.
+FLEET_DISCOVERY_ANONYMOUS_RATE = env("FLEET_DISCOVERY_ANONYMOUS_RATE", "20/hour") or "20/hour"
+FLEET_DISCOVERY_ANONYMOUS_MAX_TOKENS = envint("FLEET_DISCOVERY_ANONYMOUS_MAX_TOKENS", 10000)
+# A token unused (no read, registration or watch) this many seconds answers 404 and is deleted.
+FLEET_DISCOVERY_TOKEN_TTL = envint("FLEET_DISCOVERY_TOKEN_TTL", 7 * 24 * 3600)
+# Open watches (?wait=true) per token (429) and per web process (503).
+FLEET_DISCOVERY_WATCHES_PER_TOKEN = envint("FLEET_DISCOVERY_WATCHES_PER_TOKEN", 128)
+FLEET_DISCOVERY_WATCHES_PER_PROCESS = envint("FLEET_DISCOVERY_WATCHES_PER_PROCESS", 1000)
+# An open watch is woken when its token changes; it rechecks the database this often (seconds) anyway.
+FLEET_DISCOVERY_WATCH_RECHECK = envint("FLEET_DISCOVERY_WATCH_RECHECK", 5)
+CELERY_BEAT_SCHEDULE["delete-expired-discovery-tokens"] = {
+    "task": "fleetweb.cloudconfig.tasks.delete_expired_discovery_tokens", "schedule": 3600.0}
 
 # Omaha URLs
 # (sec-omaha)

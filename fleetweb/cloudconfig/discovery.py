@@ -17,11 +17,13 @@ Every JSON answer carries ``X-Etcd-Index`` (the token's index); errors are v2 bo
 ``{"errorCode", "message", "cause", "index"}``.  The wait is an async view polling the database
 every 0.25 s, so a held request costs no worker thread's time and works across processes.
 
-Who may create tokens: anyone, as with discovery.etcd.io (a cloud-config or a provisioning script
-curls ``/discovery/new`` without credentials; the token itself is the secret).  A request with an
-operator's API key (``Authorization: Bearer``) or from a logged-in operator creates a token owned
-by that organization, listed on its dashboard; anonymous tokens are listed for staff only.
-``settings.FLEET_DISCOVERY_ANONYMOUS = False`` turns anonymous creation off (401).
+Who may create tokens (issue 9 §4): a request with an operator's API key (``Authorization: Bearer``,
+authenticated by the API's own ``ApiKeyAuthentication``) creates a token owned by that organization.
+A request carrying a dashboard session cookie is refused (403 ``session_not_accepted``): a link or an
+image must not create tokens in a victim's organization; the dashboard creates them by POST with CSRF.
+Anonymous creation, as with discovery.etcd.io, only when ``FLEET_DISCOVERY_ANONYMOUS`` is on (else 401
+``anonymous_disabled``).  Tokens unused for ``FLEET_DISCOVERY_TOKEN_TTL`` answer 404 (and a beat task
+deletes them); open watches are bounded per token (429) and per process (503).
 """
 from __future__ import annotations
 
@@ -29,14 +31,24 @@ import asyncio
 import json
 import re
 import time
+from collections import Counter
+from contextlib import contextmanager
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import HttpResponse, QueryDict
+from django.http import HttpResponse, JsonResponse, QueryDict
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
+from limits import parse
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.request import Request
 
+from fleetweb.core.hub import hub
 from fleetweb.tenancy import throttle
+from fleetweb.tenancy.authentication import ApiKeyAuthentication
+from fleetweb.tenancy.choices import Role
 
 from .discovery_models import MAX_SIZE, DiscoveryError, DiscoveryMember, DiscoveryToken
 
@@ -46,7 +58,6 @@ TOKEN_RE = re.compile(rf"^{TOKEN}$")
 # them past the middleware chain, since a watch waits (fleetweb.asgi.WaitingViewHandler).
 KEYS_PATH = re.compile(rf"^/discovery/{TOKEN}(/|$)")
 MEMBER_RE = re.compile(r"^[0-9A-Za-z]{1,32}$")
-POLL_SECONDS = 0.25
 
 
 def wait_seconds() -> float:
@@ -106,25 +117,22 @@ def _flag(request, name: str) -> bool:
 # /discovery/new
 # ---------------------------------------------------------------------------------------------
 
-def _owner(request):
-    """(organization, user) for an operator's API key or session; (None, None) anonymous;
-    raises PermissionError for a key that is invalid or below operator."""
-    from fleetweb.tenancy.choices import Role
-
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        key = throttle.authenticate_api_key(header[len("Bearer "):].strip(), request)
-        if key is None:
-            raise PermissionError("Invalid or revoked API key.")
-        if not Role.at_least(key.role, Role.OPERATOR):
-            raise PermissionError("Creating a discovery token needs the operator role.")
-        return key.organization, key.created_by
-    org = getattr(request, "organization", None)
-    if org is not None and Role.at_least(getattr(request, "role", None), Role.OPERATOR):
-        return org, request.user
-    return None, None
+_limiter: MovingWindowRateLimiter | None = None
 
 
+def anonymous_limiter() -> MovingWindowRateLimiter:
+    """The per-IP limiter of anonymous creations, shared across processes through Redis when set."""
+    global _limiter
+    if _limiter is None:
+        _limiter = MovingWindowRateLimiter(storage_from_string(settings.REDIS_URL or "memory://"))
+    return _limiter
+
+
+def _refusal(code: str, detail: str, status: int) -> JsonResponse:
+    return JsonResponse({"code": code, "detail": detail}, status=status)
+
+
+@csrf_exempt  # no session is accepted here, so there is nothing to forge
 @never_cache
 def new(request):
     if request.method not in ("GET", "POST", "PUT"):
@@ -138,14 +146,32 @@ def new(request):
         return HttpResponse(f"size must be an integer between 1 and {MAX_SIZE}\n", status=400,
                             content_type="text/plain")
     try:
-        org, user = _owner(request)
-    except PermissionError as exc:
-        return HttpResponse(f"{exc}\n", status=401 if "Invalid" in str(exc) else 403, content_type="text/plain")
+        auth = ApiKeyAuthentication().authenticate(Request(request))
+    except AuthenticationFailed as exc:
+        return _refusal("invalid_api_key", str(exc.detail), 401)
     except throttle.ApiKeyThrottled as exc:
-        return HttpResponse(f"{exc.detail}\n", status=429, content_type="text/plain")
-    if org is None and not getattr(settings, "FLEET_DISCOVERY_ANONYMOUS", True):
-        return HttpResponse("An API key is needed to create a discovery token.\n", status=401,
-                            content_type="text/plain")
+        return _refusal("throttled", str(exc.detail), 429)
+    if auth is not None:
+        key = auth[1]
+        if not Role.at_least(key.role, Role.OPERATOR):
+            return _refusal("permission_denied", "Creating a discovery token needs the operator role.", 403)
+        org, user = key.organization, key.created_by
+    elif settings.SESSION_COOKIE_NAME in request.COOKIES:
+        return _refusal("session_not_accepted", "A dashboard session cannot create discovery tokens here: "
+                        "use the Discovery page's form, or an API key (Authorization: Bearer).", 403)
+    elif not settings.FLEET_DISCOVERY_ANONYMOUS:
+        return _refusal("anonymous_disabled", "Anonymous discovery tokens are disabled: send an operator's "
+                        "API key (Authorization: Bearer).", 401)
+    elif DiscoveryToken.objects.live().filter(organization__isnull=True).count() \
+            >= settings.FLEET_DISCOVERY_ANONYMOUS_MAX_TOKENS:
+        return _refusal("anonymous_tokens_exhausted", "Too many anonymous discovery tokens exist; use an API key "
+                        "or retry when unused ones have expired.", 429)
+    elif not anonymous_limiter().hit(parse(settings.FLEET_DISCOVERY_ANONYMOUS_RATE), "discovery-new",
+                                     request.META.get("REMOTE_ADDR", "")):
+        return _refusal("rate_limited", f"Too many anonymous discovery tokens from this address "
+                        f"(limit {settings.FLEET_DISCOVERY_ANONYMOUS_RATE}); use an API key.", 429)
+    else:
+        org, user = None, None
     token = DiscoveryToken.objects.issue(size, organization=org,
                                          created_by=user if getattr(user, "pk", None) else None)
     return HttpResponse(token_url(token.token), content_type="text/plain")
@@ -155,9 +181,44 @@ def new(request):
 # /discovery/<token>[/<key>]
 # ---------------------------------------------------------------------------------------------
 
+def _live(token: str):
+    """The token, unless unknown or expired (unused for FLEET_DISCOVERY_TOKEN_TTL); records the use."""
+    t = DiscoveryToken.objects.live().filter(token=token).first()
+    if t is not None:
+        t.touch()
+    return t
+
+
 def _load(token: str):
-    t = DiscoveryToken.objects.filter(token=token).first()
+    t = _live(token)
     return (t, list(t.members.all())) if t else (None, [])
+
+
+# Open watches of this process, per token (FLEET_DISCOVERY_WATCHES_PER_TOKEN / _PER_PROCESS).
+_watches: Counter = Counter()
+
+
+class WatchRefused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@contextmanager
+def watch_slot(token_str: str):
+    """Hold one watch slot of TOKEN_STR; WatchRefused (429 per token, 503 per process) when full.
+    The event loop is single-threaded, so the check and the increment need no lock."""
+    if sum(_watches.values()) >= settings.FLEET_DISCOVERY_WATCHES_PER_PROCESS:
+        raise WatchRefused(503, "too many open watches on this server")
+    if _watches[token_str] >= settings.FLEET_DISCOVERY_WATCHES_PER_TOKEN:
+        raise WatchRefused(429, "too many open watches on this token")
+    _watches[token_str] += 1
+    try:
+        yield
+    finally:
+        _watches[token_str] -= 1
+        if _watches[token_str] <= 0:
+            del _watches[token_str]
 
 
 def _events(token: DiscoveryToken, members, key: str, recursive: bool, wait_index: int):
@@ -173,6 +234,14 @@ def _events(token: DiscoveryToken, members, key: str, recursive: bool, wait_inde
 
 
 async def _wait(request, token_str: str, key: str) -> HttpResponse:
+    try:
+        with watch_slot(token_str):
+            return await _watch(request, token_str, key)
+    except WatchRefused as exc:
+        return _error(300, "Raft Internal Error", str(exc), 0, exc.status)
+
+
+async def _watch(request, token_str: str, key: str) -> HttpResponse:
     recursive = _flag(request, "recursive")
     token, members = await sync_to_async(_load)(token_str)
     if token is None:
@@ -182,16 +251,35 @@ async def _wait(request, token_str: str, key: str) -> HttpResponse:
     except ValueError:
         return _error(203, "The given index in POST form is not a number", "Watch", token.index, 400)
     deadline = time.monotonic() + wait_seconds()
-    while True:
-        found = _events(token, members, key, recursive, wait_index)
-        if found is not None:
-            return _answer(found, token.index)
-        if time.monotonic() >= deadline:
-            return _answer(None, token.index)  # empty body: the client asks again with the same index
-        await asyncio.sleep(POLL_SECONDS)
-        token, members = await sync_to_async(_load)(token_str)
-        if token is None:
-            return _not_found(f"/{token_str}")
+    # Woken through the hub when the token changes (a registration or a removal, in any process);
+    # a slow recheck (FLEET_DISCOVERY_WATCH_RECHECK) covers a wake-up lost on the way.
+    changed, loop = asyncio.Event(), asyncio.get_running_loop()
+
+    async def wake(_text: str) -> None:
+        loop.call_soon_threadsafe(changed.set)  # the hub may deliver from another loop (tests' threads)
+
+    watch_key = token.watch_key
+    await hub.join(watch_key, wake)
+    try:
+        while True:
+            found = _events(token, members, key, recursive, wait_index)
+            if found is not None:
+                return _answer(found, token.index)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return _answer(None, token.index)  # empty body: the client asks again with the same index
+            try:
+                await asyncio.wait_for(changed.wait(),
+                                       timeout=min(remaining, settings.FLEET_DISCOVERY_WATCH_RECHECK))
+            except asyncio.TimeoutError:
+                if time.monotonic() >= deadline:
+                    return _answer(None, token.index)
+            changed.clear()
+            token, members = await sync_to_async(_load)(token_str)
+            if token is None:
+                return _not_found(f"/{token_str}")
+    finally:
+        hub.leave(watch_key, wake)
 
 
 def _get(request, token_str: str, key: str) -> HttpResponse:
@@ -212,7 +300,7 @@ def _get(request, token_str: str, key: str) -> HttpResponse:
 
 
 def _put(request, token_str: str, key: str) -> HttpResponse:
-    token = DiscoveryToken.objects.filter(token=token_str).first()
+    token = _live(token_str)
     if token is None:
         return _not_found(f"/{token_str}")
     if key == "" or key.startswith("_config"):
@@ -231,7 +319,7 @@ def _put(request, token_str: str, key: str) -> HttpResponse:
 
 
 def _delete(request, token_str: str, key: str) -> HttpResponse:
-    token = DiscoveryToken.objects.filter(token=token_str).first()
+    token = _live(token_str)
     if token is None:
         return _not_found(f"/{token_str}")
     member = token.members.filter(member_id=key).first() if key and not key.startswith("_config") else None

@@ -8,10 +8,14 @@ etcd's discovery client waits on (``?wait=true&waitIndex=N``).
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.db.models import F
+from django.utils import timezone
+
+from fleetweb.core.hub import hub
 
 MAX_SIZE = 99
 DEFAULT_SIZE = 3
@@ -28,7 +32,20 @@ class DiscoveryError(Exception):
         return {"errorCode": self.code, "message": self.message, "cause": self.cause, "index": self.index}
 
 
-class DiscoveryTokenManager(models.Manager):
+def expiry_cutoff():
+    """Tokens last used before this instant have expired (FLEET_DISCOVERY_TOKEN_TTL)."""
+    return timezone.now() - timedelta(seconds=settings.FLEET_DISCOVERY_TOKEN_TTL)
+
+
+class DiscoveryTokenQuerySet(models.QuerySet):
+    def live(self):
+        return self.filter(last_used__gte=expiry_cutoff())
+
+    def expired(self):
+        return self.filter(last_used__lt=expiry_cutoff())
+
+
+class DiscoveryTokenManager(models.Manager.from_queryset(DiscoveryTokenQuerySet)):
     def issue(self, size: int = DEFAULT_SIZE, *, organization=None, created_by=None, name: str = ""):
         if not isinstance(size, int) or not 1 <= size <= MAX_SIZE:
             raise ValueError(f"size must be between 1 and {MAX_SIZE}")
@@ -47,6 +64,8 @@ class DiscoveryToken(models.Model):
     created = models.DateTimeField(auto_now_add=True)
     # The v2 index of the last change under this token (1: the _config/size key).
     index = models.PositiveBigIntegerField(default=1)
+    # The last read, registration or watch; unused for FLEET_DISCOVERY_TOKEN_TTL: expired (404, deleted).
+    last_used = models.DateTimeField(default=timezone.now, db_index=True)
 
     objects = DiscoveryTokenManager()
 
@@ -55,6 +74,13 @@ class DiscoveryToken(models.Model):
 
     def __str__(self) -> str:
         return self.token
+
+    def touch(self) -> None:
+        """Record a use, at most once a minute (one UPDATE, not one per request)."""
+        now = timezone.now()
+        if (now - self.last_used).total_seconds() > 60:
+            DiscoveryToken.objects.filter(pk=self.pk).update(last_used=now)
+            self.last_used = now
 
     @property
     def full(self) -> bool:
@@ -80,6 +106,7 @@ class DiscoveryToken(models.Model):
             except IntegrityError:  # a concurrent registration of the same id won
                 raise DiscoveryError(105, "Key already exists", f"/{token.token}/{member_id}", token.index,
                                      412) from None
+            transaction.on_commit(self.wake_watches)
         self.index = token.index
         return member
 
@@ -88,7 +115,16 @@ class DiscoveryToken(models.Model):
             deleted, _ = self.members.filter(member_id=member_id).delete()
             if deleted:
                 DiscoveryToken.objects.filter(pk=self.pk).update(index=F("index") + 1)
+                transaction.on_commit(self.wake_watches)
         return bool(deleted)
+
+    @property
+    def watch_key(self) -> str:
+        return f"discovery:{self.token}"
+
+    def wake_watches(self) -> None:
+        """Tell this token's open watches, in every web process, that it changed."""
+        hub.publish(self.watch_key, {"type": "changed"})
 
 
 class DiscoveryMember(models.Model):

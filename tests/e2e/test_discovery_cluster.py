@@ -23,14 +23,19 @@ def start_member(name: str, url: str, workdir, *extra: str):
     return proc, client, peer, log
 
 
+def KEY(stack) -> dict:  # noqa: N802
+    return {"Authorization": f"Bearer {stack.bootstrap['api_key']}"}
+
+
 def healthy(client: str) -> bool:
     with urllib.request.urlopen(client + "/health", timeout=1) as resp:
         return json.loads(resp.read()).get("health") == "true"
 
 
 def test_it_bootstraps_a_three_member_cluster_and_refuses_a_fourth(stack):
-    # Anonymous, as a cloud-config would do it (curl https://discovery.etcd.io/new?size=3).
-    r = httpx.get(f"{stack.url}/discovery/new?size=3", timeout=5)
+    # As a provisioning script would do it (curl -H "Authorization: Bearer $KEY" .../discovery/new?size=3);
+    # anonymous creation is off by default (issue 9 §4).
+    r = httpx.get(f"{stack.url}/discovery/new?size=3", headers=KEY(stack), timeout=5)
     assert r.status_code == 200, r.text
     url = r.text.strip()
     assert url.startswith(f"{stack.url}/discovery/") and len(url.rsplit("/", 1)[1]) == 32
@@ -82,7 +87,7 @@ def test_an_open_discovery_watch_does_not_hold_other_requests(stack):
     before the others had registered."""
     import threading
 
-    url = httpx.get(f"{stack.url}/discovery/new?size=3", timeout=5).text.strip()
+    url = httpx.get(f"{stack.url}/discovery/new?size=3", headers=KEY(stack), timeout=5).text.strip()
     assert httpx.put(f"{url}/aaa1?prevExist=false", data={"value": "m1=http://127.0.0.1:1"},
                      timeout=5).status_code == 201
     watched = {}

@@ -35,6 +35,7 @@ def register(web, token, member_id, value):
 
 
 def test_new_returns_a_token_url(web, settings):
+    settings.FLEET_DISCOVERY_ANONYMOUS = True
     r = web.get("/discovery/new?size=5")
     assert r.status_code == 200 and r["Content-Type"].startswith("text/plain")
     m = re.fullmatch(re.escape(settings.FLEET_PUBLIC_URL) + r"/discovery/([0-9a-f]{32})", r.content.decode())

@@ -1,0 +1,64 @@
+"""An open discovery watch costs no database query per poll (issue 9, item 4): it is woken through
+the hub when its token changes, with only a slow recheck (FLEET_DISCOVERY_WATCH_RECHECK) behind it.
+Before this fix a watch re-read the token every 0.25 s."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import HttpCommunicator
+
+from fleetweb import asgi
+from fleetweb.cloudconfig import discovery
+from fleetweb.cloudconfig.discovery_models import DiscoveryToken
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """How many times a watch read its token from the database."""
+    calls = []
+    real = discovery._load
+
+    def counting(token_str):
+        calls.append(token_str)
+        return real(token_str)
+
+    monkeypatch.setattr(discovery, "_load", counting)
+    return calls
+
+
+async def watch(token, wait_index=2):
+    comm = HttpCommunicator(asgi.application, "GET",
+                            f"/discovery/{token.token}?wait=true&recursive=true&waitIndex={wait_index}",
+                            headers=[(b"host", b"127.0.0.1")])
+    return await comm.get_response(timeout=30)
+
+
+async def test_a_watch_that_sees_no_change_reads_the_token_once(settings, loads):
+    settings.DISCOVERY_WAIT = 1
+    settings.FLEET_DISCOVERY_WATCH_RECHECK = 60
+    token = await sync_to_async(DiscoveryToken.objects.issue)(3)
+    response = await watch(token)
+    assert response["status"] == 200 and response["body"] == b""  # timed out: the client asks again
+    assert len(loads) == 1
+
+
+async def test_a_registration_wakes_the_watch_which_reads_the_token_once_more(settings, loads):
+    settings.DISCOVERY_WAIT = 30
+    settings.FLEET_DISCOVERY_WATCH_RECHECK = 60
+    token = await sync_to_async(DiscoveryToken.objects.issue)(3)
+    pending = asyncio.ensure_future(watch(token))
+    for _ in range(2000):  # until the server holds the watch (observed, not slept)
+        if discovery._watches.get(token.token) and loads:
+            break
+        await asyncio.sleep(0.01)
+    assert discovery._watches.get(token.token) == 1
+    await sync_to_async(token.register)("abc", "abc=http://10.0.0.1:2380")
+    response = await pending
+    assert response["status"] == 200
+    assert json.loads(response["body"])["node"]["key"].endswith("/abc")
+    assert len(loads) == 2  # the first read, and one after the wake-up
