@@ -205,6 +205,11 @@ def bench_env(db_url: str, redis_url: str, workdir: Path, **extra) -> dict:
            "SECRET_KEY": "bench-" + "x" * 40,
            "FLEET_HEARTBEAT_INTERVAL": "86400",
            "FLEET_OFFLINE_AFTER": "864000",
+           # The benches offer agents far more frames than real ones send: measure throughput, not the
+           # per-connection frame budgets (issue 9).
+           "FLEET_AGENT_HELLO_RATE": "1000000/minute",
+           "FLEET_AGENT_EVENT_RATE": "1000000/minute",
+           "FLEET_AGENT_STATUS_RATE": "1000000/minute",
            "DJANGO_SETTINGS_MODULE": "fleetweb.settings",
            "DEBUG": "false",
            "PYTHONUNBUFFERED": "1"}

@@ -7,6 +7,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from django.core.exceptions import ImproperlyConfigured
+from limits import parse as _parse_rate
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("FLEET_VAR_DIR", BASE_DIR / "var"))
@@ -293,15 +294,22 @@ FLEET_CREDENTIAL_RECHECK = envint("FLEET_CREDENTIAL_RECHECK", 60)
 
 # cloud-config document budget, per-connection agent rate limits
 # (sec-yaml)
-# Agent websocket frames per connection: (refill per second, burst) for each budget; over budget
-# the frame is dropped with a warning, and FLEET_AGENT_RATE_TOLERANCE frames in a row over it
-# close the socket with 4429.  cloud-config limits (nodes, bytes, depth) live in agent/cloudconfig.py.
+# Agent websocket frames per connection, per budget (the ``limits`` library's notation, a moving
+# window); over budget the frame is dropped with a warning, and FLEET_AGENT_RATE_TOLERANCE frames in
+# a row over it close the socket with 4429.  cloud-config limits (nodes, bytes, depth) live in
+# agent/cloudconfig.py.
 FLEET_AGENT_FRAME_LIMITS = {
-    "hello": (envint("FLEET_AGENT_HELLO_PER_MINUTE", 6) / 60, envint("FLEET_AGENT_HELLO_BURST", 3)),
-    "event": (envint("FLEET_AGENT_EVENTS_PER_SECOND", 5), envint("FLEET_AGENT_EVENT_BURST", 200)),
-    "status": (envint("FLEET_AGENT_STATUS_PER_SECOND", 5), envint("FLEET_AGENT_STATUS_BURST", 50)),
+    "hello": env("FLEET_AGENT_HELLO_RATE", "6/minute"),
+    "event": env("FLEET_AGENT_EVENT_RATE", "300/minute"),
+    "status": env("FLEET_AGENT_STATUS_RATE", "300/minute"),
 }
 FLEET_AGENT_RATE_TOLERANCE = envint("FLEET_AGENT_RATE_TOLERANCE", 20)
+for _name, _text in [*((f"FLEET_AGENT_{k.upper()}_RATE", v) for k, v in FLEET_AGENT_FRAME_LIMITS.items()),
+                     ("FLEET_API_KEY_FAILURE_RATE", FLEET_API_KEY_FAILURE_RATE)]:
+    try:
+        _parse_rate(_text)
+    except ValueError:
+        raise ImproperlyConfigured(f"{_name} must be a rate such as '300/minute', not {_text!r}") from None
 
 # etcd least privilege
 # (sec-etcd)

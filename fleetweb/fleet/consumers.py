@@ -98,6 +98,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             return
         hub.leave(f"host:{self.host_id}", self._from_host_key)
         hub.leave(f"group:{self.group_id}", self._send_text)
+        self.limiter.forget()
         sweeper.untrack(self.credential_lookup, self._close_with)
         if self.ready:
             await writer.flush(self.host_id, self.connection_id)  # this socket's last frames first, then offline

@@ -11,7 +11,7 @@ from channels.testing import WebsocketCommunicator
 from agent import protocol
 from fleetweb.asgi import application
 from fleetweb.fleet.models import Event, Host
-from fleetweb.fleet.ratelimit import FrameLimiter, TokenBucket
+from fleetweb.fleet.ratelimit import FrameLimiter
 from tests.fleetweb.fleet.test_consumers import hello
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -49,7 +49,7 @@ async def test_a_host_cannot_record_server_event_kinds(host):
 
 
 async def test_a_frame_flood_is_warned_then_closed_with_4429(host, settings):
-    settings.FLEET_AGENT_FRAME_LIMITS = {"hello": (0.1, 3), "event": (0.001, 5), "status": (0.001, 5)}
+    settings.FLEET_AGENT_FRAME_LIMITS = {"hello": "3/hour", "event": "5/hour", "status": "5/hour"}
     settings.FLEET_AGENT_RATE_TOLERANCE = 10
     comm = await ready(host)
     for seq in range(1, 40):
@@ -63,19 +63,12 @@ async def test_a_frame_flood_is_warned_then_closed_with_4429(host, settings):
     assert stored.status_seq <= 5          # only the burst got through
 
 
-def test_a_token_bucket_refills_with_its_clock():
-    now = [0.0]
-    bucket = TokenBucket(rate=2, burst=3, clock=lambda: now[0])
-    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
-    now[0] = 0.5
-    assert bucket.take() and not bucket.take()
-    now[0] = 100
-    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
-
-
 def test_the_limiter_warns_once_then_closes(settings):
-    settings.FLEET_AGENT_FRAME_LIMITS = {"hello": (0, 1), "event": (0, 1), "status": (0, 1)}
+    settings.FLEET_AGENT_FRAME_LIMITS = {"hello": "1/hour", "event": "1/hour", "status": "1/hour"}
     settings.FLEET_AGENT_RATE_TOLERANCE = 3
-    limiter = FrameLimiter(clock=lambda: 0.0)
+    limiter = FrameLimiter()
     assert [limiter.check("status") for _ in range(4)] == ["ok", "warn", "drop", "close"]
     assert limiter.check("event") == "ok"       # budgets are per frame kind
+    assert FrameLimiter().check("status") == "ok"  # and per connection
+    limiter.forget()
+    assert limiter.check("status") == "ok"
