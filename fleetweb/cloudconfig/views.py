@@ -217,15 +217,23 @@ def index(request):
         "org_doc": docs.get((None, None)), "groups": groups, "host_docs": host_docs, "nav": "cloudconfig"})
 
 
+def _unlogged(response):
+    # django.request would log the path of a refused request, and the path carries the secret.
+    response._has_been_logged = True
+    return response
+
+
 @never_cache
 def serve(request, secret):
-    """``cloud-config-url=``: the effective document for the secret's host or group (text/plain)."""
+    """``cloud-config-url=``: the document of the secret's host, group or organization (text/plain).
+    An unknown, rotated-away or revoked secret answers 404 and writes nothing."""
     if request.method not in ("GET", "HEAD"):
-        return HttpResponseNotAllowed(["GET", "HEAD"])
+        return _unlogged(HttpResponseNotAllowed(["GET", "HEAD"]))
     url = FetchUrl.objects.resolve(secret)
     if url is None:
-        raise Http404("Unknown cloud-config URL.")
+        return _unlogged(HttpResponse("unknown or revoked cloud-config URL\n", status=404,
+                                      content_type="text/plain; charset=utf-8"))
     try:
         return HttpResponse(url.document(), content_type="text/plain; charset=utf-8")
     except cc.TooLarge as exc:
-        return JsonResponse({"detail": str(exc), "errors": {}, "code": "document_too_large"}, status=409)
+        return _unlogged(JsonResponse({"detail": str(exc), "errors": {}, "code": "document_too_large"}, status=409))

@@ -142,3 +142,11 @@ def test_the_dashboard_refuses_viewers_and_operators(alice, operator, bob, web_g
         assert web.post("/cloud-config/organization/url").status_code == 403
     assert client.get(url).status_code == 200
     assert FetchUrl.objects.count() == 1
+
+
+def test_a_refused_url_is_not_logged(alice, web_group, client, caplog):
+    url = path_of(alice.post(api("group", web_group)).json()["url"])
+    alice.delete(api("group", web_group))
+    with caplog.at_level("DEBUG"):
+        assert client.get(url).status_code == 404
+    assert url.rsplit("/", 1)[1] not in caplog.text

@@ -90,3 +90,11 @@ def test_the_locks_page_revokes_for_admins_only(alice, operator, bob, acme, etcd
     assert not FleetLockSecret.objects.filter(organization=acme).exists()
     assert pre_reboot(url, group="page2").status_code == 404
     assert semaphore(acme, "page2") is None
+
+
+def test_a_refused_url_is_not_logged(alice, etcd_endpoints, caplog):
+    url = alice.post(API).json()["url"]
+    alice.delete(API)
+    with caplog.at_level("DEBUG"):
+        assert pre_reboot(url).status_code == 404
+    assert url.rstrip("/").rsplit("/", 1)[1] not in caplog.text
