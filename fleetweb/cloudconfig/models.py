@@ -19,6 +19,8 @@ from django.utils import timezone
 
 from agent import cloudconfig as cc
 from fleetweb.core import secrets
+from fleetweb.fleet.choices import EventKind
+from fleetweb.fleet.models import Event, Group, Host
 
 from .choices import ApplyState, Level
 from .discovery_models import DiscoveryMember, DiscoveryToken  # noqa: E402,F401  (etcd discovery, issue 6 §6)
@@ -62,6 +64,12 @@ class CloudConfigManager(models.Manager):
         org, grp = docs.get(Level.ORGANIZATION), docs.get(Level.GROUP)
         content = cc.merge(org.content if org else "", grp.content if grp else "")
         return content, max([d.current_revision_id or 0 for d in docs.values()] or [0])
+
+    def base_for_organization(self, organization_id) -> str:
+        """The organization's own document (what its fetch URL serves), merged alone so the budget
+        of serving applies to it as well."""
+        doc = self.filter(self._org_q(organization_id)).first()
+        return cc.merge(doc.content if doc else "")
 
     def effective_for_host(self, host) -> tuple[str, int]:
         """(organization ⊕ group ⊕ host document, effective revision) — variables not substituted."""
@@ -329,22 +337,83 @@ def _state(host) -> HostCloudConfigState | None:
 # ---------------------------------------------------------------------------------------------
 
 class FetchUrlManager(models.Manager):
+    """One active fetch URL per target (the organization, a group or a host): ``rotate`` issues a
+    new one and revokes the previous at once, ``revoke_for`` revokes it; both are logged."""
+
+    @staticmethod
+    def _scope(target) -> tuple[dict, int, dict]:
+        """(filter of the target's URLs, its organization id, the event's group/host)."""
+        if isinstance(target, Host):
+            return {"host": target}, target.organization_id, {"host": target, "group_id": target.group_id}
+        if isinstance(target, Group):
+            return {"group": target, "host__isnull": True}, target.organization_id, {"group": target}
+        return {"organization": target, "group__isnull": True, "host__isnull": True}, target.pk, {}
+
+    def active_for(self, target) -> "FetchUrl | None":
+        scope, _, _ = self._scope(target)
+        return self.filter(revoked_at__isnull=True, **scope).order_by("-created", "-pk").first()
+
     def issue(self, *, group=None, host=None, created_by=None) -> tuple["FetchUrl", str]:
+        """A new URL for a group or a host, next to the ones it already has (``rotate`` is what
+        the API and the dashboard use)."""
         target = host or group
         new = secrets.new_secret(URL_SECRET_KIND)
         url = self.create(organization_id=target.organization_id, group=group, host=host, lookup=new.lookup,
                           digest=new.digest, created_by=created_by if getattr(created_by, "pk", None) else None)
         return url, new.secret
 
+    @transaction.atomic
+    def rotate(self, target, created_by=None) -> tuple["FetchUrl", str]:
+        """A new secret URL for the target; every earlier one of the target stops working at once.
+        The secret is shown once."""
+        scope, org_id, where = self._scope(target)
+        existed = self.filter(revoked_at__isnull=True, **scope).update(revoked_at=timezone.now())
+        new = secrets.new_secret(URL_SECRET_KIND)
+        fields = {k: v for k, v in scope.items() if "__" not in k}
+        url = self.create(organization_id=org_id, lookup=new.lookup, digest=new.digest,
+                          created_by=created_by if getattr(created_by, "pk", None) else None,
+                          **{k: v for k, v in fields.items() if k != "organization"})
+        actor = _actor(created_by)
+        Event.objects.record(org_id, EventKind.CLOUD_CONFIG_URL_ROTATED,
+                             f"cloud-config URL of {_describe(target)} {'rotated' if existed else 'created'} "
+                             f"by {actor or 'the server'}", actor=actor, **where)
+        return url, new.secret
+
+    @transaction.atomic
+    def revoke_for(self, target, actor=None) -> int:
+        """Revoke the target's URL(s); they answer 404 from now on.  How many were active."""
+        scope, org_id, where = self._scope(target)
+        revoked = self.filter(revoked_at__isnull=True, **scope).update(revoked_at=timezone.now())
+        if revoked:
+            name = _actor(actor)
+            Event.objects.record(org_id, EventKind.CLOUD_CONFIG_URL_REVOKED,
+                                 f"cloud-config URL of {_describe(target)} revoked by {name or 'the server'}",
+                                 actor=name, **where)
+        return revoked
+
     def resolve(self, secret: str) -> "FetchUrl | None":
         lookup = secrets.split(secret, URL_SECRET_KIND)
         if lookup is None:
             return None
-        url = self.select_related("group", "host", "host__group").filter(lookup=lookup,
-                                                                         revoked_at__isnull=True).first()
+        url = self.select_related("organization", "group", "host", "host__group").filter(
+            lookup=lookup, revoked_at__isnull=True).first()
         if url is None or not secrets.matches(secret, url.digest):
             return None
         return url
+
+
+def _actor(user) -> str:
+    if isinstance(user, str):
+        return user
+    return user.get_username() if getattr(user, "pk", None) else ""
+
+
+def _describe(target) -> str:
+    if isinstance(target, Host):
+        return f"host {target.hostname}"
+    if isinstance(target, Group):
+        return f"group {target.name}"
+    return "the organization"
 
 
 class FetchUrl(models.Model):
@@ -364,7 +433,15 @@ class FetchUrl(models.Model):
         ordering = ["-created"]
 
     def __str__(self) -> str:
+        return self.masked
+
+    @property
+    def masked(self) -> str:
         return f"fwc_{self.lookup}_…"
+
+    @property
+    def level(self) -> str:
+        return Level.HOST if self.host_id else Level.GROUP if self.group_id else Level.ORGANIZATION
 
     @staticmethod
     def url_for(secret: str) -> str:
@@ -372,13 +449,16 @@ class FetchUrl(models.Model):
 
     def document(self) -> str:
         """What the URL serves: the host's effective document with its addresses substituted, or
-        the group's (organization ⊕ group, variables left for the host's own cloudinit)."""
+        the group's (organization ⊕ group, variables left for the host's own cloudinit), or the
+        organization's own document."""
         FetchUrl.objects.filter(pk=self.pk).update(last_used=timezone.now())
         if self.host_id:
             content, _ = CloudConfig.objects.effective_for_host(self.host)
             return cc.substitute(content, host_addresses(self.host))
-        content, _ = CloudConfig.objects.base_for_group(self.group)
-        return content
+        if self.group_id:
+            content, _ = CloudConfig.objects.base_for_group(self.group)
+            return content
+        return CloudConfig.objects.base_for_organization(self.organization_id)
 
     def revoke(self) -> bool:
         return FetchUrl.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=timezone.now()) == 1

@@ -3,6 +3,7 @@ type), revisions with diff and restore, the effective document of a host, the ho
 group, and the secret fetch URL served to hosts without the agent.  The rules are on the models."""
 from __future__ import annotations
 
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -13,6 +14,7 @@ from agent import cloudconfig as cc
 from fleetweb.core.htmx import is_htmx
 from fleetweb.core.views import can_operate, member_required, require_operator
 from fleetweb.fleet.models import Group, Host
+from fleetweb.tenancy.choices import Role
 
 from .choices import ApplyState, EntryKind, Level
 from .models import (
@@ -67,7 +69,9 @@ def _context(request, level, target, doc, **extra) -> dict:
                "target": target, "doc": doc, "content": content, "entries": _entries(report),
                "valid": report.valid, "revisions": revisions, "can_operate": can_operate(request),
                "nav": "cloudconfig", "action": _url(level, target), "base_url": _url(level, target),
-               "validate_url": reverse("cloudconfig-validate")}
+               "validate_url": reverse("cloudconfig-validate"),
+               "is_admin": Role.at_least(request.role, Role.ADMIN),
+               "active_fetch_url": FetchUrl.objects.active_for(target)}
     if level == Level.GROUP:
         context["hosts"] = hosts_with_state(target)
         context["behind"] = sum(1 for h in context["hosts"] if h.cc_state == ApplyState.BEHIND)
@@ -172,14 +176,20 @@ def restore(request, level, number, pk=None):
 @require_POST
 @member_required
 def fetch_url(request, level, pk=None):
-    """A new secret fetch URL, shown in this response only."""
+    """Rotate (issue) the level's secret fetch URL, shown in this response only, or revoke it
+    (``action=revoke``).  Admin only."""
     target = _target(request, level, pk)
-    require_operator(request)
-    kw = {"group": target} if level == Level.GROUP else {"host": target}
-    _, secret = FetchUrl.objects.issue(created_by=request.user, **kw)
+    if not Role.at_least(request.role, Role.ADMIN):
+        raise PermissionDenied("This needs the admin role.")
+    extra = {}
+    if request.POST.get("action") == "revoke":
+        FetchUrl.objects.revoke_for(target, actor=request.user)
+        extra["fetch_url_revoked"] = True
+    else:
+        _, secret = FetchUrl.objects.rotate(target, created_by=request.user)
+        extra["fetch_url"] = FetchUrl.url_for(secret)
     doc = _document(level, target)
-    return render(request, "cloudconfig/editor.html",
-                  _context(request, level, target, doc, fetch_url=FetchUrl.url_for(secret)))
+    return render(request, "cloudconfig/editor.html", _context(request, level, target, doc, **extra))
 
 
 @member_required
@@ -207,15 +217,23 @@ def index(request):
         "org_doc": docs.get((None, None)), "groups": groups, "host_docs": host_docs, "nav": "cloudconfig"})
 
 
+def _unlogged(response):
+    # django.request would log the path of a refused request, and the path carries the secret.
+    response._has_been_logged = True
+    return response
+
+
 @never_cache
 def serve(request, secret):
-    """``cloud-config-url=``: the effective document for the secret's host or group (text/plain)."""
+    """``cloud-config-url=``: the document of the secret's host, group or organization (text/plain).
+    An unknown, rotated-away or revoked secret answers 404 and writes nothing."""
     if request.method not in ("GET", "HEAD"):
-        return HttpResponseNotAllowed(["GET", "HEAD"])
+        return _unlogged(HttpResponseNotAllowed(["GET", "HEAD"]))
     url = FetchUrl.objects.resolve(secret)
     if url is None:
-        raise Http404("Unknown cloud-config URL.")
+        return _unlogged(HttpResponse("unknown or revoked cloud-config URL\n", status=404,
+                                      content_type="text/plain; charset=utf-8"))
     try:
         return HttpResponse(url.document(), content_type="text/plain; charset=utf-8")
     except cc.TooLarge as exc:
-        return JsonResponse({"detail": str(exc), "errors": {}, "code": "document_too_large"}, status=409)
+        return _unlogged(JsonResponse({"detail": str(exc), "errors": {}, "code": "document_too_large"}, status=409))

@@ -68,7 +68,9 @@ def _handle(request, secret: str, operation: str):
         return rejection(exc.kind, exc.value)
     organization = FleetLockSecret.objects.authenticate(secret)
     if organization is None:
-        return rejection(FleetLockError.NOT_FOUND, "unknown FleetLock URL: copy it again from the locks page")
+        refused = rejection(FleetLockError.NOT_FOUND, "unknown FleetLock URL: copy it again from the locks page")
+        refused._has_been_logged = True  # django.request would log the path, secret included
+        return refused
     if not etcd.configured():
         return rejection(FleetLockError.ETCD_NOT_CONFIGURED, str(etcd.EtcdNotConfigured()))
     from fleetweb.fleet.models import Group

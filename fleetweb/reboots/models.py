@@ -423,6 +423,15 @@ class FleetLockSecretManager(models.Manager):
                 f"FleetLock URL {'rotated' if existed else 'created'} by {actor or 'the server'}", actor=actor)
         return obj, new.secret
 
+    @transaction.atomic
+    def revoke(self, organization, actor: str = "") -> bool:
+        """Delete the organization's FleetLock URL: it answers 404 ``not_found`` from now on."""
+        deleted, _ = self.filter(organization=organization).delete()
+        if deleted:
+            _record(organization.pk, LockEventKind.FLEETLOCK_REVOKED,
+                    f"FleetLock URL revoked by {actor or 'the server'}", actor=actor)
+        return bool(deleted)
+
     def authenticate(self, secret: str):
         lookup = secrets.split(secret, "fwl")
         if lookup is None:
@@ -454,6 +463,12 @@ class FleetLockSecret(models.Model):
     def base_url(secret: str) -> str:
         """What Zincati's ``fleet_lock.base_url`` takes (it appends ``v1/pre-reboot``)."""
         return f"{settings.FLEET_PUBLIC_URL}/fleetlock/{secret}/"
+
+    @staticmethod
+    def zincati_config(secret: str) -> str:
+        """A Zincati drop-in (``/etc/zincati/config.d/55-updates-strategy.toml``) using the URL."""
+        return (f'[updates]\nstrategy = "fleet_lock"\n\n[updates.fleet_lock]\n'
+                f'base_url = "{FleetLockSecret.base_url(secret)}"\n')
 
 
 def lock_error_status(exc: LockError) -> int:

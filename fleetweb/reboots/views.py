@@ -112,8 +112,13 @@ def group_set_max(request, pk):
 @require_POST
 @member_required
 def fleetlock_rotate(request):
+    """Issue or rotate the FleetLock URL, or revoke it (``action=revoke``); admin only."""
     require_admin(request)
-    _, secret = FleetLockSecret.objects.rotate(request.organization, actor=request.user.get_username())
+    secret = None
+    if request.POST.get("action") == "revoke":
+        FleetLockSecret.objects.revoke(request.organization, actor=request.user.get_username())
+    else:
+        _, secret = FleetLockSecret.objects.rotate(request.organization, actor=request.user.get_username())
     # The secret is in this response only: no redirect, nothing stored in clear.
     groups = list(org_groups(request))
     context = {"panels": [_panel_context(request, g) for g in groups], "nav": "locks", "is_admin": True,

@@ -75,6 +75,16 @@ class FetchUrlSerializer(serializers.Serializer):
     url = serializers.CharField(help_text="secret URL, shown once (for cloud-config-url=)")
 
 
+class FetchUrlInfoSerializer(serializers.Serializer):
+    """A fetch URL as stored: the secret itself is never shown again."""
+
+    level = serializers.CharField()
+    url = serializers.CharField(source="masked", help_text="masked: the secret is shown once, when issued")
+    created = serializers.DateTimeField()
+    created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
+    last_used = serializers.DateTimeField(allow_null=True)
+
+
 class AgentRequestSerializer(serializers.Serializer):
     addresses = serializers.DictField(child=serializers.CharField(), required=False,
                                       help_text="public_ipv4, private_ipv4, public_ipv6, private_ipv6")

@@ -9,16 +9,14 @@ PREFIXES = {Level.ORGANIZATION: "organization/", Level.GROUP: "groups/<int:pk>/"
 def _level_urls(level: str) -> list:
     v = views.level_views(level)
     p = PREFIXES[level] + "cloud-config"
-    urls = [
+    return [
         path(p, v["document"].as_view(), name=f"{level}-cloud-config"),
         path(f"{p}/revisions", v["revisions"].as_view(), name=f"{level}-cloud-config-revisions"),
         path(f"{p}/revisions/<int:number>", v["revision"].as_view(), name=f"{level}-cloud-config-revision"),
         path(f"{p}/revisions/<int:number>/restore", v["restore"].as_view(), name=f"{level}-cloud-config-restore"),
         path(f"{p}/diff", v["diff"].as_view(), name=f"{level}-cloud-config-diff"),
+        path(f"{p}/url", v["url"].as_view(), name=f"{level}-cloud-config-url"),
     ]
-    if level != Level.ORGANIZATION:
-        urls.append(path(f"{p}/url", v["url"].as_view(), name=f"{level}-cloud-config-url"))
-    return urls
 
 
 urlpatterns = [

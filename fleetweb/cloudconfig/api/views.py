@@ -15,6 +15,7 @@ from agent import cloudconfig as cc
 from fleetweb.fleet.api.serializers import ErrorSerializer
 from fleetweb.fleet.api.views import client_address
 from fleetweb.fleet.models import Group, Host, HostCredential
+from fleetweb.tenancy.choices import Role
 
 from ..choices import Level
 from ..models import CloudConfig, FetchUrl, HostCloudConfigState, InvalidDocument, Revision, host_addresses
@@ -26,6 +27,7 @@ from .serializers import (
     DiffSerializer,
     DocumentSerializer,
     EffectiveSerializer,
+    FetchUrlInfoSerializer,
     FetchUrlSerializer,
     InvalidDocumentSerializer,
     ReportSerializer,
@@ -149,14 +151,33 @@ class DiffView(LevelMixin, APIView):
 
 
 class FetchUrlView(LevelMixin, APIView):
+    """The level's secret fetch URL (kernel argument ``cloud-config-url=``, for hosts without the
+    agent): read (masked), issue or rotate (admin; shown once, the old URL stops working at once),
+    revoke (admin)."""
+
+    write_role = Role.ADMIN
+
+    @extend_schema(tags=TAGS, responses={200: FetchUrlInfoSerializer, 404: NOT_FOUND})
+    def get(self, request, pk=None):
+        url = FetchUrl.objects.active_for(self.target())
+        if url is None:
+            raise exceptions.NotFound("No cloud-config URL.")
+        return Response(FetchUrlInfoSerializer(url).data)
+
     @extend_schema(tags=TAGS, request=None, responses={201: FetchUrlSerializer, 404: NOT_FOUND},
-                   description="A secret URL serving the effective document to a host without the agent "
-                               "(kernel argument cloud-config-url=).  Shown once, stored hashed.")
+                   description="Issue or rotate the secret URL serving the document to hosts without the "
+                               "agent (kernel argument cloud-config-url=).  Shown once, stored hashed; the "
+                               "previous URL answers 404 from now on.")
     def post(self, request, pk=None):
-        target = self.target()
-        kw = {"group": target} if self.level == Level.GROUP else {"host": target}
-        _, secret = FetchUrl.objects.issue(created_by=_author(request), **kw)
+        _, secret = FetchUrl.objects.rotate(self.target(), created_by=_author(request))
         return Response({"url": FetchUrl.url_for(secret)}, status=status.HTTP_201_CREATED)
+
+    @extend_schema(tags=TAGS, request=None, responses={204: None, 404: NOT_FOUND},
+                   description="Revoke the URL: it answers 404 from now on.")
+    def delete(self, request, pk=None):
+        if not FetchUrl.objects.revoke_for(self.target(), actor=_actor(request)):
+            raise exceptions.NotFound("No cloud-config URL.")
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class EffectiveView(LevelMixin, APIView):
@@ -239,6 +260,10 @@ class AgentDocumentView(APIView):
                 addresses.setdefault("public_ipv4" if ip.version == 4 else "public_ipv6", remote)
         HostCloudConfigState.objects.record_addresses(host.pk, addresses)
         return self.answer(host)
+
+
+def _actor(request) -> str:
+    return getattr(request.user, "username", None) or str(request.user)
 
 
 def _author(request):

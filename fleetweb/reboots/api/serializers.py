@@ -33,6 +33,14 @@ class SetMaxSerializer(serializers.Serializer):
     max = serializers.IntegerField(min_value=0, max_value=10000)
 
 
+class FleetLockUrlSerializer(serializers.Serializer):
+    """The organization's FleetLock URL as stored: the secret itself is never shown again."""
+
+    url = serializers.CharField(source="masked", help_text="masked: the secret is shown once, when issued")
+    created = serializers.DateTimeField()
+    created_by = serializers.CharField()
+
+
 class FleetLockRotatedSerializer(serializers.Serializer):
-    base_url = serializers.CharField(help_text="Zincati's fleet_lock base_url; shown once")
-    secret = serializers.CharField()
+    url = serializers.CharField(help_text="Zincati's fleet_lock.base_url; shown once")
+    zincati_config = serializers.CharField(help_text="a Zincati config.d drop-in using it; shown once")

@@ -1,3 +1,5 @@
+from django.urls import path
+
 from fleetweb.tenancy.api.base import Router
 
 from . import views
@@ -5,4 +7,7 @@ from . import views
 router = Router()
 router.register("locks", views.LockViewSet, basename="lock")
 
-urlpatterns = router.urls
+urlpatterns = [
+    path("fleetlock-url", views.FleetLockUrlView.as_view(), name="fleetlock-url"),
+    *router.urls,
+]

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from agent.locksmith import LockError
 from fleetweb.core.api import Refused
@@ -13,8 +14,14 @@ from fleetweb.tenancy.api.base import OrganizationScoped
 from fleetweb.tenancy.choices import Role
 
 from .. import etcd
-from ..models import GroupLock, lock_error_status
-from .serializers import LockSerializer, SetMaxSerializer, UnlockSerializer
+from ..models import FleetLockSecret, GroupLock, lock_error_status
+from .serializers import (
+    FleetLockRotatedSerializer,
+    FleetLockUrlSerializer,
+    LockSerializer,
+    SetMaxSerializer,
+    UnlockSerializer,
+)
 
 UNAVAILABLE = OpenApiResponse(ErrorSerializer, description="etcd is not configured or does not answer")
 
@@ -66,3 +73,37 @@ class LockViewSet(OrganizationScoped, mixins.ListModelMixin, mixins.RetrieveMode
         body.is_valid(raise_exception=True)
         state = _lock_call(GroupLock(group).set_max, body.validated_data["max"], actor=self.actor)
         return Response(LockSerializer(state).data)
+
+
+NO_URL = OpenApiResponse(ErrorSerializer, description="The organization has no FleetLock URL")
+
+
+@extend_schema(tags=["locks"])
+class FleetLockUrlView(APIView):
+    """The organization's FleetLock URL (Zincati's ``fleet_lock.base_url``): read (masked), issue or
+    rotate (admin; shown once, the old URL stops working at once), revoke (admin)."""
+
+    write_role = Role.ADMIN
+
+    @property
+    def actor(self) -> str:
+        return getattr(self.request.user, "username", None) or str(self.request.user)
+
+    @extend_schema(responses={200: FleetLockUrlSerializer, 404: NO_URL})
+    def get(self, request):
+        current = FleetLockSecret.objects.filter(organization=request.organization).first()
+        if current is None:
+            raise exceptions.NotFound("The organization has no FleetLock URL.")
+        return Response(FleetLockUrlSerializer(current).data)
+
+    @extend_schema(request=None, responses={201: FleetLockRotatedSerializer})
+    def post(self, request):
+        _, secret = FleetLockSecret.objects.rotate(request.organization, actor=self.actor)
+        return Response({"url": FleetLockSecret.base_url(secret), "zincati_config": FleetLockSecret.zincati_config(secret)},
+                        status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={204: None, 404: NO_URL})
+    def delete(self, request):
+        if not FleetLockSecret.objects.revoke(request.organization, actor=self.actor):
+            raise exceptions.NotFound("The organization has no FleetLock URL.")
+        return Response(status=status.HTTP_204_NO_CONTENT)
