@@ -63,7 +63,7 @@ async def test_it_refuses_a_bad_token_with_the_code_the_agent_maps_and_stores_no
     ("a list", 400, lambda d: "non_field_errors" in d["errors"]),
     ("form encoded", 415, lambda d: d["code"] == "unsupported_media_type" and "application/x-www-form" in d["detail"]),
     ("no content type", 415, lambda d: d["code"] == "unsupported_media_type"),
-    ("too large", 413, lambda d: "larger than 65536 bytes" in d["detail"]),
+    ("too large", 413, lambda d: d["code"] == "body_too_large" and "64 KiB" in d["detail"]),
     ("no machine id", 400, lambda d: d["detail"].startswith("machine_id: ")),
     ("hostname too long", 400, lambda d: d["detail"].startswith("hostname: ")),
     ("bad partitions", 400, lambda d: d["detail"].startswith("partitions: ")),
