@@ -62,3 +62,42 @@ async def test_a_registration_wakes_the_watch_which_reads_the_token_once_more(se
     assert response["status"] == 200
     assert json.loads(response["body"])["node"]["key"].endswith("/abc")
     assert len(loads) == 2  # the first read, and one after the wake-up
+
+
+async def open_watches(token, n):
+    """Start N watches and return once the server holds all of them (observed, not slept)."""
+    tasks = [asyncio.ensure_future(watch(token)) for _ in range(n)]
+    for _ in range(2000):
+        if sum(discovery._watches.values()) >= n:
+            break
+        await asyncio.sleep(0.01)
+    assert sum(discovery._watches.values()) == n
+    return tasks
+
+
+async def test_watches_are_bounded_per_token(settings):
+    settings.FLEET_DISCOVERY_WATCHES_PER_TOKEN = 2
+    settings.DISCOVERY_WAIT = 30
+    token = await sync_to_async(DiscoveryToken.objects.issue)(3)
+    other = await sync_to_async(DiscoveryToken.objects.issue)(3)
+    tasks = await open_watches(token, 2)
+    refused = await watch(token)
+    assert refused["status"] == 429
+    assert json.loads(refused["body"])["cause"] == "too many open watches on this token"
+    assert (await watch(other, wait_index=1))["status"] == 200  # another token is not affected
+    await sync_to_async(token.register)("abc", "abc=http://10.0.0.1:2380")
+    assert [(await t)["status"] for t in tasks] == [200, 200]
+    assert not discovery._watches
+
+
+async def test_watches_are_bounded_per_process(settings):
+    settings.FLEET_DISCOVERY_WATCHES_PER_PROCESS = 2
+    settings.DISCOVERY_WAIT = 30
+    token = await sync_to_async(DiscoveryToken.objects.issue)(3)
+    other = await sync_to_async(DiscoveryToken.objects.issue)(3)
+    tasks = await open_watches(token, 2)
+    refused = await watch(other)
+    assert refused["status"] == 503
+    assert json.loads(refused["body"])["cause"] == "too many open watches on this server"
+    await sync_to_async(token.register)("abc", "abc=http://10.0.0.1:2380")
+    assert [(await t)["status"] for t in tasks] == [200, 200]
