@@ -5,7 +5,6 @@ import logging
 from contextlib import contextmanager
 from datetime import timedelta
 
-from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.utils.text import slugify
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -150,7 +149,7 @@ async def register_endpoint(scope, receive, send) -> None:
         return await refuse(exceptions.ValidationError(body.errors))
     client = scope.get("client")
     try:
-        host, credential = await registrations.submit({
+        host, credential, trust = await registrations.submit({
             **body.validated_data, "address": client[0] if client else None,
             "credential": bearer(headers.get(b"authorization", b"").decode("latin-1"))})
     except EnrollmentError as exc:
@@ -159,7 +158,6 @@ async def register_endpoint(scope, receive, send) -> None:
         log.exception("registration failed")
         return await answer(500, {"detail": "The registration could not be stored (nothing was): try again.",
                                   "errors": {}})
-    trust = await sync_to_async(host.group.signing_key_fields)()
     await answer(201, registered(host, credential, trust), NO_STORE)
 
 
