@@ -292,8 +292,10 @@ class Agent:
     async def send_status(self) -> None:
         partitions = await asyncio.to_thread(self.host.partitions)
         self.seq += 1
+        revision = self.state.get("policy_revision")
         await self.send("status", **self.engine.fields(), version=self.host.active_version(partitions),
-                        partitions=partitions, seq=self.seq)
+                        partitions=partitions, seq=self.seq,
+                        **({"policy_revision": revision} if isinstance(revision, int) else {}))
         log.debug("sent status #%d", self.seq)
 
     async def _send_soft(self, text: str) -> bool:

@@ -94,6 +94,7 @@ MESSAGES: dict[str, dict[str, dict[str, tuple[tuple[type, ...], bool]]]] = {
             "seq": (_INT, False),
             "rollout": (_INT, False),
             "target_version": (_OPT_STR, False),
+            "policy_revision": (_INT, False),     # the policy revision applied (the server resends a newer one)
         },
         "event": {
             # policy_applied, update_installed, booted_new_version, rollback, update_error,

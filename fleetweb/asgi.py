@@ -3,56 +3,66 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fleetweb.settings")
 
-import contextlib  # noqa: E402
-
-import django.core.handlers.asgi as django_asgi  # noqa: E402
-
-
-class _SharedSyncThread(contextlib.AbstractAsyncContextManager):
-    """Django wraps each request in asgiref's ThreadSensitiveContext, which gives every request a
-    new thread for its sync code (middleware, DRF views) and so a new database connection:
-    CONN_MAX_AGE never applies under ASGI (Django ticket #33497) and a trivial view cost ~4 ms.
-    Without it, sync code runs on asgiref's one shared sync thread, where the connection persists
-    (as it does for the websocket consumers' database_sync_to_async).  Long work does not belong in
-    request threads here anyway: it goes to Celery, and views that wait bypass the middleware chain
-    (WaitingViewHandler below)."""
-
-    async def __aexit__(self, *exc):
-        return None
-
-
-django_asgi.ThreadSensitiveContext = _SharedSyncThread
-
 import django  # noqa: E402
+import django.core.handlers.asgi as django_asgi  # noqa: E402
+from asgiref.sync import sync_to_async  # noqa: E402
+from django.core import signals  # noqa: E402
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
+from django.db import close_old_connections  # noqa: E402
 
 django.setup(set_prefix=False)
 
+from django.conf import settings  # noqa: E402
+
 from fleetweb.cloudconfig import discovery  # noqa: E402
+from fleetweb.core.lanes import Lanes, SharedLane  # noqa: E402
+
+# The concurrency model (fleetweb/core/lanes.py): views run on request lanes, waiting views' short
+# calls on the watch lane, agents on asgiref's shared thread.
+request_lanes = Lanes(settings.FLEET_WEB_THREADS, "fleet-request")
+watch_lane = SharedLane("fleet-watch")
+
+# Django closes obsolete connections on the request signals, but sends them from whichever thread
+# the event loop hands sync receivers to: here each lane does it for its own connection instead.
+signals.request_started.disconnect(close_old_connections)
+signals.request_finished.disconnect(close_old_connections)
 
 
 class FleetASGIHandler(django_asgi.ASGIHandler):
-    """Django over ASGI with the middleware chain run as one sync call.
+    """Django over ASGI with the middleware chain and the view run as one sync call on a request
+    lane (Django's async chain would hop threads for every middleware method: about fifteen per
+    request, host list p50 18.5 ms against 14.5 ms, measured).  The body is read and the response
+    streamed on the event loop, holding no lane: a slow upload or download holds only its socket.
 
-    The views behind the chain are sync (Django pages, DRF), so the whole chain and the view run in
-    one hop to the shared sync thread. Django's async chain would hop there for every middleware
-    method instead (about fifteen per request: host list p50 18.5 ms against 14.5 ms, measured).
-    Views that wait (long polls) must not enter this chain: they would hold the one sync thread,
-    and with it every other request and every consumer's database call, for their whole wait.
-    They are served by WaitingViewHandler below."""
+    Django would wrap each request in a ThreadSensitiveContext of its own, a new thread (and a new
+    database connection) per request; the lanes replace it."""
 
     def load_middleware(self, is_async=False):
         super().load_middleware(is_async=False)
-        self._middleware_chain = self.adapt_method_mode(True, self._middleware_chain, False)
+        sync_chain = self._middleware_chain
+
+        async def on_a_lane(request):
+            return await request_lanes.run(sync_chain, request)
+
+        self._middleware_chain = on_a_lane
+
+    async def __call__(self, scope, receive, send):
+        await self.handle(scope, receive, send)
 
 
 class WaitingViewHandler(django_asgi.ASGIHandler):
     """URL routing and async views without middleware, for routes that need none of it (anonymous,
-    CSRF-exempt, never cached) and may wait: the discovery service's watch (up to 50 s)."""
+    CSRF-exempt, never cached) and may wait: the discovery service's watch (up to 50 s).  Their
+    short database calls share the watch lane; they hold no thread while they wait."""
 
     def load_middleware(self, is_async=False):
         self._view_middleware, self._template_response_middleware, self._exception_middleware = [], [], []
         self._middleware_chain = convert_exception_to_response(self._get_response_async)
+
+    async def __call__(self, scope, receive, send):
+        async with watch_lane.context():
+            await sync_to_async(close_old_connections)()
+            await self.handle(scope, receive, send)
 
 
 django_asgi_app = FleetASGIHandler()

@@ -162,6 +162,11 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 FLEET_HUB_CHANNEL = FLEET_REDIS_PREFIX + ":hub"
 
+# Concurrency inside one web process (fleetweb/core/lanes.py): threads for views (each keeps its
+# database connection) and how many password hashes may run at once.
+FLEET_WEB_THREADS = envint("FLEET_WEB_THREADS", 8)
+FLEET_PASSWORD_HASH_CONCURRENCY = envint("FLEET_PASSWORD_HASH_CONCURRENCY", 1)
+
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = REDIS_URL is None
@@ -324,6 +329,14 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+# Django's hashers, the first one bounded (fleetweb/core/hashers.py); same algorithm and format.
+PASSWORD_HASHERS = [
+    "fleetweb.core.hashers.BoundedPBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
 ]
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"

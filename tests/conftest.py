@@ -5,6 +5,8 @@ Each persona has an API client authenticated with an API key of their organizati
 """
 from __future__ import annotations
 
+import sys
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -32,7 +34,7 @@ def fresh_rate_limits():
 
 @pytest.fixture(autouse=True)
 def close_sync_thread_connections():
-    """Async tests reach the database through asgiref's one shared sync thread, whose connection
+    """Async tests reach the database through asgiref's one shared sync thread and the lanes, whose connections
     persists (CONN_MAX_AGE); close it after each test, as a request would, so that the test database
     can be flushed and finally dropped (PostgreSQL refuses while a session is open)."""
     yield
@@ -40,6 +42,11 @@ def close_sync_thread_connections():
     from django.db import connections
 
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
+    # The web process's request lanes and watch lane keep theirs too (fleetweb/core/lanes.py).
+    asgi = sys.modules.get("fleetweb.asgi")
+    if asgi is not None:
+        for executor in [*asgi.request_lanes.executors, asgi.watch_lane.executor]:
+            executor.submit(connections.close_all).result(timeout=30)
 
 
 @pytest.fixture

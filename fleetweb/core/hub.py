@@ -5,6 +5,12 @@ connection, see DESIGN ยง5).  Instead each web process keeps a local map ``key โ
 subscribes once to one Redis pub/sub channel; a publisher anywhere (a view, a Celery task, another
 web process) publishes ``{key, frame}`` and every process delivers it to its own sockets.  Keys are
 ``host:<uuid>`` and ``group:<id>``.  Without REDIS_URL (one process) delivery is local only.
+
+Pub/sub delivers at most once: a message published while Redis or a subscription is down is lost,
+and nothing here resends it.  Publishing never fails the caller (the change it announces is saved);
+agents catch up by reconciliation instead: every heartbeat says what the agent applied and the
+consumer resends what it missed (``fleetweb.fleet.consumers``), and a lost close is made good by
+the credential recheck (``fleetweb.fleet.sweeper``).
 """
 from __future__ import annotations
 
@@ -15,11 +21,18 @@ import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 
+import redis
+import redis.asyncio as aioredis
 from django.conf import settings
 
 log = logging.getLogger(__name__)
 
 Sender = Callable[[str], Awaitable[None]]
+
+# A lost subscription is retried after 0.25 s, doubling up to 2 s: a web process is back on the
+# hub within two seconds of Redis (it used to wait up to 10 s, and granted hosts missed their frames).
+RESUBSCRIBE_FIRST = 0.25
+RESUBSCRIBE_CAP = 2.0
 
 
 class Hub:
@@ -29,6 +42,7 @@ class Hub:
         self._listener: asyncio.Task | None = None
         self._ready: asyncio.Event | None = None
         self._sync_redis = None
+        self.lost = 0  # publishes Redis refused (reconciliation makes them good)
 
     # -- subscribers (consumers, in the event loop) ------------------------------------------
     async def join(self, key: str, send: Sender) -> None:
@@ -55,16 +69,14 @@ class Hub:
         await self._ready.wait()
 
     async def _listen(self) -> None:
-        import redis.asyncio as aioredis
-
-        backoff = 0.5
+        backoff = RESUBSCRIBE_FIRST
         while True:
             client = aioredis.from_url(settings.REDIS_URL)
             try:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(settings.FLEET_HUB_CHANNEL)
                 self._ready.set()
-                backoff = 0.5
+                backoff = RESUBSCRIBE_FIRST
                 async for message in pubsub.listen():
                     if message.get("type") != "message":
                         continue
@@ -78,7 +90,7 @@ class Hub:
             except Exception as exc:  # Redis went away: keep trying, sockets stay up
                 log.warning("hub: redis subscription lost (%s); retrying in %.1f s", exc, backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10)
+                backoff = min(backoff * 2, RESUBSCRIBE_CAP)
             finally:
                 await client.aclose()
 
@@ -102,10 +114,12 @@ class Hub:
         """Deliver ``frame`` to every socket joined under ``key``, in every web process."""
         if settings.REDIS_URL:
             if self._sync_redis is None:
-                import redis
-
-                self._sync_redis = redis.Redis.from_url(settings.REDIS_URL)
-            self._sync_redis.publish(settings.FLEET_HUB_CHANNEL, json.dumps({"key": key, "frame": frame}))
+                self._sync_redis = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+            try:
+                self._sync_redis.publish(settings.FLEET_HUB_CHANNEL, json.dumps({"key": key, "frame": frame}))
+            except (redis.RedisError, OSError) as exc:
+                self.lost += 1
+                log.warning("hub: could not publish to %s (%s); agents catch up on their next heartbeat", key, exc)
             return
         loop = self._loop
         if loop is None or loop.is_closed():

@@ -10,6 +10,7 @@ to hand them to, and notices are sent at once.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 from collections import defaultdict
@@ -55,7 +56,8 @@ def to_ui(organization_id: int, payload: dict) -> None:
             return
         _scheduled = True
     try:
-        loop.call_soon_threadsafe(lambda: loop.create_task(_flush_later()))
+        # A fresh context: the caller's (a request lane's) must not leak into the task.
+        loop.call_soon_threadsafe(lambda: loop.create_task(_flush_later()), context=contextvars.Context())
     except RuntimeError:  # the loop closed meanwhile
         with _lock:
             _scheduled = False

@@ -5,6 +5,7 @@ protocol module, persists host state, and relays policy/commands from the per-pr
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -26,6 +27,11 @@ from .writer import acks, hellos, writer
 log = logging.getLogger(__name__)
 
 MAX_PROTOCOL_ERRORS = 50
+# A frame this socket carried counts as lost when the agent still reports itself behind this many
+# status frames and at least this many seconds later (a status frame may cross the frame on the
+# wire; an agent reports several a second while it downloads).
+RESEND_AFTER_HEARTBEATS = 2
+RESEND_AFTER_SECONDS = 1.0
 HOST_SECRET_FIELDS = ("etcd_username", "etcd_password")  # only ever in frames meant for one host
 
 
@@ -63,6 +69,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.ready = False
         self.errors = 0
         self.host_secrets: dict = {}
+        self.heartbeats = 0          # status frames received on this socket
+        self.sent: dict = {}         # ("policy", revision) / ("update", rollout) -> heartbeats when sent
+        self.reported_revision = None
+        self.reported_rollout = None
         secret = _bearer(self.scope)
         host = await self._authenticate(secret) if secret else None
         await self.accept()
@@ -81,6 +91,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                       "partitions": host.partitions, "status_seq": host.status_seq}
         await hub.join(f"host:{self.host_id}", self._from_host_key)
         await hub.join(f"group:{self.group_id}", self._send_text)
+        writer.listen(self.host_id, self.connection_id, self._reconcile)
         sweeper.track(self.credential_lookup, self._close_with)
         live.bind_loop()
         # One socket per host: this one replaces any other, in whichever web process holds it.
@@ -98,6 +109,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             return
         hub.leave(f"host:{self.host_id}", self._from_host_key)
         hub.leave(f"group:{self.group_id}", self._send_text)
+        writer.unlisten(self.host_id, self.connection_id)
         self.limiter.forget()
         sweeper.untrack(self.credential_lookup, self._close_with)
         if self.ready:
@@ -112,11 +124,58 @@ class AgentConsumer(AsyncWebsocketConsumer):
     async def _send_text(self, text: str) -> None:
         """A group broadcast: a policy frame gets this host's own etcd credentials added (a group's
         frame never carries any, issue 9 §8)."""
-        if self.host_secrets and '"type":"policy"' in text.replace(" ", ""):
+        if '"type":"policy"' in text.replace(" ", ""):
             frame = json.loads(text)
             if frame.get("type") == "policy":
-                text = json.dumps({**frame, **self.host_secrets}, separators=(",", ":"))
+                self._sending(frame)
+                if self.host_secrets:
+                    text = json.dumps({**frame, **self.host_secrets}, separators=(",", ":"))
         await self.send(text_data=text)
+
+    def _sending(self, frame: dict) -> None:
+        """Remember which policy revision / grant this socket carried (for reconciliation)."""
+        now = asyncio.get_running_loop().time()
+        if frame.get("type") == "policy":
+            self.sent[("policy", frame.get("revision"))] = (self.heartbeats, now)
+        elif frame.get("type") == "update":
+            self.sent[("update", frame.get("rollout"))] = (self.heartbeats, now)
+
+    def _missed(self, key) -> bool:
+        if key not in self.sent:
+            return True
+        heartbeats, at = self.sent[key]
+        return (self.heartbeats - heartbeats >= RESEND_AFTER_HEARTBEATS
+                and asyncio.get_running_loop().time() - at >= RESEND_AFTER_SECONDS)
+
+    async def _reconcile(self, expected: dict) -> None:
+        """After a heartbeat is written: resend what the agent missed (issue 10 §3).  Pushes travel
+        through Redis pub/sub, which drops them while Redis or a subscription is down; the database
+        says what the agent should have, the heartbeat says what it has, and the resend goes
+        straight to this socket, whatever Redis does."""
+        if self.host_id is None or not self.ready:
+            return
+        revision = expected["revision"]
+        policy = self.reported_revision != revision and self._missed(("policy", revision))
+        rollout = None
+        grant = expected.get("grant")
+        if grant is not None:
+            rollout_id, version = grant
+            idle = self.state["update_status"] == "IDLE" and self.reported_rollout is None
+            if idle and self.state["version"] != version and self._missed(("update", rollout_id)):
+                rollout = rollout_id
+        if not policy and rollout is None:
+            return
+        frames = await self._resend_frames(policy, rollout)
+        for frame in frames:
+            log.info("host %s: resending its %s frame (%s)", self.host_id, frame["type"],
+                     f"revision {frame.get('revision')}" if frame["type"] == "policy" else f"rollout {rollout}")
+            await self._from_host_key(json.dumps(frame, separators=(",", ":")))
+
+    @database_sync_to_async
+    def _resend_frames(self, policy: bool, rollout: int | None) -> list[dict]:
+        from .models import Host
+
+        return Host.objects.resend_frames(self.host_id, policy, rollout)
 
     def _remember_secrets(self, frame: dict) -> None:
         self.host_secrets = {k: frame[k] for k in HOST_SECRET_FIELDS if k in frame}
@@ -128,6 +187,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 log.info("closing the socket of host %s: %s", self.host_id, frame.get("reason"))
                 await self.close(code=frame["code"])
             return
+        self._sending(frame)
         if frame.get("type") == "policy":  # the host may have moved to another group
             self._remember_secrets(frame)
             group_id = await self._current_group_id()
@@ -194,8 +254,11 @@ class AgentConsumer(AsyncWebsocketConsumer):
                       "partitions": host.partitions, "status_seq": host.status_seq}
         self.ready = True
         self._remember_secrets(policy)
+        self.reported_revision = msg.get("policy_revision")
+        self._sending(policy)
         await self.send(text_data=json.dumps(policy, separators=(",", ":")))
         if update is not None:  # a grant the host had not finished before it went away
+            self._sending(update)
             await self.send(text_data=json.dumps(update, separators=(",", ":")))
 
     async def on_status(self, msg):
@@ -206,7 +269,11 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if "partitions" in msg:
             st["partitions"] = msg["partitions"]
         st["status_seq"] = msg.get("seq", st["status_seq"] + 1)
-        fields = {**st, "last_seen": timezone.now(), "online": True}
+        self.heartbeats += 1
+        self.reported_rollout = msg.get("rollout")
+        if "policy_revision" in msg:
+            self.reported_revision = msg["policy_revision"]
+        fields = {**st, "last_seen": timezone.now(), "online": True, "reconcile": True}
         if "rollout" in msg:  # update progress: moves the rollout entry in the same group commit
             fields["rollout_report"] = (msg["rollout"], msg["update_status"], msg.get("progress"))
         await writer.submit(self.host_id, self.connection_id, fields)
@@ -224,6 +291,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             revision = data.get("revision")
             if not isinstance(revision, int) or isinstance(revision, bool):
                 return
+            self.reported_revision = revision
             channel, strategy = data.get("channel"), data.get("reboot_strategy")
             await acks.submit(self.host_id, self.connection_id, {
                 "revision": revision, "organization_id": self.organization_id, "group_id": self.group_id,

@@ -588,6 +588,35 @@ class HostManager(models.Manager):
                 out.append(({**policies[item.group_id], **policy_extras.host_fields(item)}, update, item))
             return out
 
+    def expected_state(self, host_ids) -> dict:
+        """What the server expects of each host's agent, for reconciliation on heartbeats (issue 10
+        §3): ``{host_id: {"revision": its group's policy revision, "grant": (rollout id, version) of
+        an unfinished grant or None}}``.  Two queries for a whole batch of heartbeats."""
+        from fleetweb.updates.models import RolloutHost
+
+        out = {pk: {"revision": revision, "grant": None}
+               for pk, revision in self.filter(pk__in=host_ids).values_list("pk", "group__policy_revision")}
+        for rh in RolloutHost.objects.in_flight_for_hosts(list(out)):
+            if out[rh.host_id]["grant"] is None:  # newest first
+                out[rh.host_id]["grant"] = (rh.rollout_id, rh.rollout.release.version)
+        return out
+
+    def resend_frames(self, host_id, policy: bool, rollout_id: int | None) -> list[dict]:
+        """The frames a host's agent missed: its policy, and the update frame of its unfinished grant
+        in ``rollout_id``.  Nothing when the host is gone or the grant finished meanwhile."""
+        from fleetweb.updates.models import RolloutHost
+
+        host = self.select_related("group__channel", "group__organization").filter(pk=host_id).first()
+        if host is None:
+            return []
+        frames = [host.policy()] if policy else []
+        if rollout_id is not None:
+            rh = next((rh for rh in RolloutHost.objects.in_flight_for_hosts([host_id]) if rh.rollout_id == rollout_id),
+                      None)
+            if rh is not None:
+                frames.append(rh.rollout.release.update_frame(host_id, rh.rollout_id, rh.rollout.allow_downgrade))
+        return frames
+
     def reap_offline(self, now=None) -> int:
         """Mark offline every host silent for too long: an agent's host (it holds a connection) after
         FLEET_OFFLINE_AFTER without a heartbeat, a host that only checks in over Omaha after

@@ -28,6 +28,7 @@ from django.db import close_old_connections, connection, transaction
 log = logging.getLogger(__name__)
 
 FIELDS = ("last_seen", "update_status", "version", "partitions", "status_seq", "online")
+# Keys of a submitted frame's fields that are not columns: ``rollout_report`` and ``reconcile``.
 
 
 class TickWriter:
@@ -81,27 +82,53 @@ class TickWriter:
                 batch, self._pending = self._pending, {}
                 self._writing = batch
                 try:
-                    await database_sync_to_async(self._write)(batch)
+                    results = await database_sync_to_async(self._write)(batch)
                 except Exception:  # keep the sockets; the next frame of each host retries
                     self.errors += 1
                     log.exception("status write of %d hosts failed", len(batch))
+                else:
+                    self._deliver(results or {})
                 self._writing = {}
                 self._written.set()
         finally:
             self._writing = {}
             self._written.set()
 
+    def _deliver(self, results: dict) -> None:
+        """What ``_write`` returned for some connections, handed to their listeners (in the loop)."""
+
     @staticmethod
-    def _write(batch: dict) -> None:
+    def _write(batch: dict) -> dict | None:
         raise NotImplementedError
 
 
 class StatusWriter(TickWriter):
     """Status frames and pongs: the host's fields, plus ``rollout_report`` (rollout id, agent update
-    status, progress) when the frame reports an update in progress."""
+    status, progress) when the frame reports an update in progress.
+
+    A heartbeat that asks for reconciliation (``reconcile`` in its fields) gets, after the write,
+    what the server expects of that host (``Host.objects.expected_state``) handed to the listener
+    its connection registered (``listen``): the consumer compares it with what the agent reported
+    and resends what the agent missed."""
+
+    def __init__(self, tick: float = 0.05):
+        super().__init__(tick)
+        self._listeners: dict = {}
+
+    def listen(self, host_id, connection_id, callback) -> None:
+        self._listeners[(host_id, connection_id)] = callback
+
+    def unlisten(self, host_id, connection_id) -> None:
+        self._listeners.pop((host_id, connection_id), None)
+
+    def _deliver(self, results: dict) -> None:
+        for key, expected in results.items():
+            callback = self._listeners.get(key)
+            if callback is not None:
+                asyncio.ensure_future(callback(expected))
 
     @staticmethod
-    def _write(batch: dict) -> None:
+    def _write(batch: dict) -> dict:
         from fleetweb.updates.models import RolloutHost
 
         from .models import Host
@@ -123,6 +150,11 @@ class StatusWriter(TickWriter):
                 cursor.executemany(sql, rows)
             if reports:
                 RolloutHost.objects.report_statuses(reports)
+        asking = {key for key, values in batch.items() if values.get("reconcile")}
+        if not asking:
+            return {}
+        expected = Host.objects.expected_state({host_id for host_id, _conn in asking})
+        return {key: expected[key[0]] for key in asking if key[0] in expected}
 
 
 class AckWriter(TickWriter):

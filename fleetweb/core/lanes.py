@@ -1,0 +1,91 @@
+"""Where a web process runs its sync code (the concurrency model; README "Concurrency").
+
+A web process is one event loop (uvicorn) plus a few threads, each with its own persistent
+database connection (Django's connections are per thread, so a thread that lives keeps its
+connection and CONN_MAX_AGE applies):
+
+* the **agent lane**: asgiref's one shared sync thread.  Agent sockets (hello, status, acks,
+  events, through the batching writers of ``fleetweb.fleet.writer``), agent registration and the
+  dashboard socket's session lookup run there: short, batched calls and nothing else.
+* the **request lanes**: ``FLEET_WEB_THREADS`` threads for Django's middleware chain and the views
+  behind it (pages, the REST API, uploads, the locks page's etcd calls).  A request borrows a free
+  lane for its one sync call and gives it back before its response is streamed; when every lane is
+  busy, requests queue on the event loop while agents go on.  A lane is a single-thread executor
+  handed to asgiref's ``ThreadSensitiveContext``, so everything thread-sensitive the view does
+  (``async_to_sync`` into an async view and back) stays on that lane's thread and connection.
+* the **watch lane**: one thread for the short database calls of views that wait (discovery
+  watches), which hold no lane while they wait.
+* password hashing is bounded further (``fleetweb.core.hashers``): at most
+  ``FLEET_PASSWORD_HASH_CONCURRENCY`` hashes at once, so a burst of logins cannot take every core.
+
+Before this, every view ran on the agent lane (one shared thread, for the persistent connection):
+one slow request stalled every agent of the process.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.db import close_old_connections
+
+
+class Lanes:
+    """``size`` single-thread executors; ``run(fn, *args)`` runs ``fn`` on a free one."""
+
+    def __init__(self, size: int, name: str):
+        if size < 1:
+            raise ValueError(f"{name}: at least one lane is needed, not {size}")
+        self.size = size
+        self.executors = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-{i}") for i in range(size)]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._free: asyncio.Queue | None = None
+
+    def _queue(self) -> asyncio.Queue:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # first use in this process (or a new loop in tests)
+            self._loop, self._free = loop, asyncio.Queue()
+            for executor in self.executors:
+                self._free.put_nowait(executor)
+        return self._free
+
+    @property
+    def busy(self) -> int:
+        return self.size - (self._free.qsize() if self._free is not None else self.size)
+
+    @contextlib.asynccontextmanager
+    async def lane(self):
+        """Hold one lane: thread-sensitive calls inside the block run on its thread."""
+        free = self._queue()
+        executor = await free.get()
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                yield executor
+        finally:
+            free.put_nowait(executor)
+
+    async def run(self, fn, *args):
+        """``fn(*args)`` on a free lane, between two ``close_old_connections`` of that lane's own
+        connection (Django's request signals would run them on whichever thread sends them)."""
+        async with self.lane():
+            return await sync_to_async(_with_fresh_connection)(fn, *args)
+
+
+def _with_fresh_connection(fn, *args):
+    close_old_connections()  # an obsolete or broken connection (a restarted database) is replaced
+    try:
+        return fn(*args)
+    finally:
+        close_old_connections()
+
+
+class SharedLane:
+    """One thread shared by many concurrent blocks (the watch lane): each block gets its own
+    ``ThreadSensitiveContext`` over the same single-thread executor."""
+
+    def __init__(self, name: str):
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    def context(self) -> ThreadSensitiveContext:
+        return ThreadSensitiveContext(executor=self.executor)

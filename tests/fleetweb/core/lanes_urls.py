@@ -1,0 +1,30 @@
+"""URLs of the concurrency tests: the real ones plus views a test controls (a view that blocks
+until the test lets it go, a view that tells which database session served it)."""
+from __future__ import annotations
+
+import threading
+
+from django.db import connection
+from django.http import JsonResponse
+from django.urls import path
+
+from fleetweb.urls import urlpatterns as real
+
+entered = threading.Semaphore(0)   # released once per blocked view that started
+release = threading.Event()        # set by the test: every blocked view returns
+
+
+def blocked(request):
+    entered.release()
+    release.wait(timeout=120)
+    return JsonResponse({"released": release.is_set()})
+
+
+def session(request):
+    with connection.cursor() as cursor:
+        cursor.execute("select pg_backend_pid()" if connection.vendor == "postgresql" else "select 1")
+        pid = cursor.fetchone()[0]
+    return JsonResponse({"thread": threading.current_thread().name, "backend": pid})
+
+
+urlpatterns = [path("_test/blocked", blocked), path("_test/session", session), *real]

@@ -1,0 +1,155 @@
+"""Reconciliation (issue 10 §3): pushes travel through Redis pub/sub, which loses them while Redis
+is down; every heartbeat says what the agent applied, and the server resends what it missed."""
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import override_settings
+
+from agent import protocol
+from fleetweb.asgi import application
+from fleetweb.core.hub import hub
+from fleetweb.fleet.models import Group
+from fleetweb.updates.models import Release
+from tests.conftest import partitions
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def private_redis():
+    """A Redis of this test's own, which it stops to play an outage; the hub starts over on it."""
+    port = _free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for _ in range(200):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if proc.poll() is not None:
+                raise RuntimeError("redis-server exited") from None
+            import time
+
+            time.sleep(0.05)
+    with override_settings(REDIS_URL=url):
+        hub._loop, hub._sync_redis = None, None  # subscribe and publish on this Redis
+        yield proc
+    proc.kill()
+    proc.wait()
+    hub._loop, hub._sync_redis = None, None
+
+
+def stop(proc):
+    proc.kill()
+    proc.wait()
+
+
+def hello(**over):
+    return {"type": "hello", "machine_id": "m", "boot_id": "boot-1", "hostname": "web-1", "agent_version": "0.1.0",
+            "version": "100.0.0", "partitions": partitions(), "update_status": "IDLE", "group": "stable",
+            "reboot_strategy": "best-effort", **over}
+
+
+async def connect(credential):
+    comm = WebsocketCommunicator(application, "/ws/agent/", headers=[(b"authorization", f"Bearer {credential}".encode())])
+    connected, _ = await comm.connect()
+    assert connected
+    return comm
+
+
+async def next_frame(comm, kind, timeout=30):
+    while True:
+        frame = json.loads(await comm.receive_from(timeout=timeout))
+        if frame["type"] == kind:
+            return frame
+
+
+@pytest.fixture
+def host(web_group, make_host):
+    return make_host(web_group, hostname="web-1")
+
+
+async def test_a_channel_switch_made_while_redis_is_down_is_saved_and_reaches_the_agent_on_its_next_heartbeat(
+        private_redis, host, alice, acme):
+    comm = await connect(host.credential)
+    await comm.send_to(text_data=json.dumps(hello()))
+    first = await next_frame(comm, "policy")
+    await comm.send_to(text_data=protocol.encode("event", "agent", kind="policy_applied",
+                                                 data={"revision": first["revision"], "channel": "stable"}))
+    stop(private_redis)
+
+    response = await sync_to_async(alice.patch)(f"/api/v1/groups/{host.group_id}/", {"channel": "beta"}, format="json")
+    assert response.status_code == 200, response.content
+    group = await Group.objects.select_related("channel").aget(pk=host.group_id)
+    assert group.channel.name == "beta" and group.policy_revision == first["revision"] + 1
+    assert hub.lost >= 1  # the push itself was lost with Redis
+
+    # The agent's heartbeat says it still runs the old revision: the server resends the new one.
+    await comm.send_to(text_data=protocol.encode("status", "agent", update_status="IDLE", seq=1,
+                                                 policy_revision=first["revision"]))
+    pushed = await next_frame(comm, "policy")
+    assert pushed["channel"] == "beta" and pushed["revision"] == first["revision"] + 1
+    protocol.validate(pushed, "server")
+    await comm.disconnect()
+
+
+async def test_an_update_grant_lost_with_redis_is_resent_when_the_idle_agent_reports(private_redis, host, acme):
+    comm = await connect(host.credential)
+    await comm.send_to(text_data=json.dumps(hello()))
+    policy = await next_frame(comm, "policy")
+    stop(private_redis)
+
+    def publish_a_release():
+        release = Release.objects.create_from_upload(acme, "200.0.0", io.BytesIO(b"usr image" * 100), actor="alice")
+        (rollout,) = acme.channels.get(name="stable").publish(release, "alice")
+        return rollout
+
+    rollout = await sync_to_async(publish_a_release)()
+    granted = await sync_to_async(lambda: list(rollout.hosts.values_list("state", flat=True)))()
+    assert granted == ["granted"]  # the worker granted it; its update frame went nowhere
+
+    await comm.send_to(text_data=protocol.encode("status", "agent", update_status="IDLE", seq=1,
+                                                 policy_revision=policy["revision"]))
+    update = await next_frame(comm, "update")
+    assert update["version"] == "200.0.0" and update["rollout"] == rollout.pk
+    protocol.validate(update, "server")
+    await comm.disconnect()
+
+
+async def test_an_agent_that_reports_the_current_revision_is_sent_nothing_again(private_redis, host, alice):
+    """Up-to-date heartbeats cost no resend.  Observable without waiting for "nothing": after them a
+    switch is lost with Redis, and the first policy frame the agent then gets is the new revision,
+    not a copy of the one it already runs."""
+    comm = await connect(host.credential)
+    await comm.send_to(text_data=json.dumps(hello()))
+    policy = await next_frame(comm, "policy")
+    await comm.send_to(text_data=protocol.encode("event", "agent", kind="policy_applied",
+                                                 data={"revision": policy["revision"], "channel": "stable"}))
+    for seq in (1, 2, 3):
+        await comm.send_to(text_data=protocol.encode("status", "agent", update_status="IDLE", seq=seq,
+                                                     policy_revision=policy["revision"]))
+    stop(private_redis)
+    response = await sync_to_async(alice.patch)(f"/api/v1/groups/{host.group_id}/", {"channel": "beta"}, format="json")
+    assert response.status_code == 200, response.content
+    await comm.send_to(text_data=protocol.encode("status", "agent", update_status="IDLE", seq=4,
+                                                 policy_revision=policy["revision"]))
+    resent = await next_frame(comm, "policy")
+    assert (resent["revision"], resent["channel"]) == (policy["revision"] + 1, "beta")
+    await comm.disconnect()
