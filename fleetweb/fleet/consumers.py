@@ -22,7 +22,7 @@ from fleetweb.core.hub import CLOSE_FRAME, hub
 from . import sweeper
 from .choices import EventKind
 from .ratelimit import FrameLimiter
-from .writer import acks, hellos, writer
+from .writer import acks, hellos, logins, writer
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.reported_revision = None
         self.reported_rollout = None
         secret = _bearer(self.scope)
-        host = await self._authenticate(secret) if secret else None
+        host = await logins.authenticate(secret) if secret else None
         await self.accept()
         if host is None:
             await self.send(text_data=protocol.error_frame("unauthorized", "invalid or revoked credential"))
@@ -97,12 +97,6 @@ class AgentConsumer(AsyncWebsocketConsumer):
         # One socket per host: this one replaces any other, in whichever web process holds it.
         hub.close(f"host:{self.host_id}", protocol.CLOSE_REPLACED, "a newer connection took over",
                   keep=str(self.connection_id))
-
-    @database_sync_to_async
-    def _authenticate(self, secret):
-        from .models import HostCredential
-
-        return HostCredential.objects.authenticate(secret)
 
     async def disconnect(self, code):
         if self.host_id is None:

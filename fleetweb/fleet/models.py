@@ -808,14 +808,19 @@ class Host(models.Model):
 
 class HostCredentialManager(models.Manager):
     def authenticate(self, secret: str) -> Host | None:
-        lookup = secrets.split(secret, "fwh")
-        if lookup is None:
-            return None
-        cred = (self.select_related("host", "host__group", "host__group__channel")
-                .filter(lookup=lookup, revoked_at__isnull=True).first())
-        if cred is None or not secrets.matches(secret, cred.digest):
-            return None
-        return cred.host
+        return self.authenticate_many([secret])[0]
+
+    def authenticate_many(self, presented: list[str]) -> list[Host | None]:
+        """The host of each presented credential (None: unknown, revoked or wrong), in one query
+        for a whole batch: a fleet reconnecting after a restart is not a query per agent."""
+        lookups = [secrets.split(secret, "fwh") for secret in presented]
+        creds = {c.lookup: c for c in self.select_related("host", "host__group", "host__group__channel")
+                 .filter(lookup__in={lk for lk in lookups if lk is not None}, revoked_at__isnull=True)}
+        out = []
+        for secret, lookup in zip(presented, lookups, strict=True):
+            cred = creds.get(lookup) if lookup is not None else None
+            out.append(cred.host if cred is not None and secrets.matches(secret, cred.digest) else None)
+        return out
 
 
 class HostCredential(models.Model):

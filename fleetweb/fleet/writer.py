@@ -260,6 +260,23 @@ class HelloBatcher(Batcher):
         return Host.objects.connect_many(hellos)
 
 
+class AuthBatcher(Batcher):
+    """Credentials of sockets that connect together, checked in one query
+    (``HostCredential.objects.authenticate_many``); the answer is the host or None."""
+
+    tick = 0.01
+
+    async def authenticate(self, secret: str):
+        return await self.submit(secret)
+
+    @staticmethod
+    def _write(presented: list) -> list:
+        from .models import HostCredential
+
+        close_old_connections()
+        return HostCredential.objects.authenticate_many(presented)
+
+
 class RegistrationBatcher(Batcher):
     """Enrollments (``Host.objects.register_many``): the answer is ``(host, credential, trust)`` or
     the EnrollmentError; 32 agents enrolling at once cost one transaction, not 32, and the trust
@@ -285,4 +302,5 @@ class RegistrationBatcher(Batcher):
 writer = StatusWriter()
 acks = AckWriter()
 hellos = HelloBatcher()
+logins = AuthBatcher()
 registrations = RegistrationBatcher()
