@@ -39,18 +39,22 @@ class GroupCreateForm(forms.Form):
 
 
 class GroupSettingsForm(forms.ModelForm):
-    """Reboot strategy, concurrency and window; Group.clean() checks the window."""
+    """Reboot strategy, concurrency, window and when a lock holder counts as stuck; Group.clean()
+    checks the values."""
 
     class Meta:
         model = Group
-        fields = ["reboot_strategy", "max_concurrent_reboots", "reboot_window_start", "reboot_window_length"]
+        fields = ["reboot_strategy", "max_concurrent_reboots", "reboot_window_start", "reboot_window_length",
+                  "lock_stuck_after"]
         labels = {"max_concurrent_reboots": "Max concurrent reboots", "reboot_window_start": "Window start",
-                  "reboot_window_length": "Window length"}
+                  "reboot_window_length": "Window length", "lock_stuck_after": "Lock holder stuck after (s)"}
         help_texts = {"reboot_window_start": "HH:MM or Ddd HH:MM, host local time; empty: any time",
-                      "reboot_window_length": "Go duration: 1h, 90m, 1h30m"}
+                      "reboot_window_length": "Go duration: 1h, 90m, 1h30m",
+                      "lock_stuck_after": "A holder of the reboot lock offline this long is flagged stuck"}
         widgets = {"reboot_window_start": forms.TextInput(attrs={"placeholder": "sat 04:00"}),
                    "reboot_window_length": forms.TextInput(attrs={"placeholder": "2h"}),
-                   "max_concurrent_reboots": forms.NumberInput(attrs={"min": 1})}
+                   "max_concurrent_reboots": forms.NumberInput(attrs={"min": 1}),
+                   "lock_stuck_after": forms.NumberInput(attrs={"min": 10})}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

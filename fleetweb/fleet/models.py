@@ -92,6 +92,8 @@ class Group(models.Model):
     reboot_strategy = models.CharField(max_length=16, choices=RebootStrategy.choices,
                                        default=RebootStrategy.BEST_EFFORT)
     max_concurrent_reboots = models.PositiveIntegerField(default=1)
+    lock_stuck_after = models.PositiveIntegerField(
+        default=900, help_text="seconds a holder of the reboot lock may be offline before it is flagged stuck")
     reboot_window_start = models.CharField(max_length=16, blank=True)
     reboot_window_length = models.CharField(max_length=16, blank=True)
     policy_revision = models.PositiveIntegerField(default=1)
@@ -129,6 +131,8 @@ class Group(models.Model):
             errors["update_period"] = ["Must be at least 1 second."]
         if self.update_timeout < 10:
             errors["update_timeout"] = ["Must be at least 10 seconds."]
+        if self.lock_stuck_after < 10:
+            errors["lock_stuck_after"] = ["Must be at least 10 seconds."]
         if self.failure_threshold_percent and not 1 <= self.failure_threshold <= 100:
             errors["failure_threshold"] = ["A percentage must be between 1 and 100."]
         if errors:
@@ -582,8 +586,7 @@ class HostManager(models.Manager):
                     # its download).  After a reboot the install happened: its report is on the way,
                     # possibly still queued on the old socket.
                     rh = None
-                update = (rh.rollout.release.update_frame(item.pk, rh.rollout_id, rh.rollout.allow_downgrade)
-                          if rh is not None else None)
+                update = rh.update_frame() if rh is not None else None
                 item.group = groups[item.group_id]
                 out.append(({**policies[item.group_id], **policy_extras.host_fields(item)}, update, item))
             return out

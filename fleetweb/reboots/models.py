@@ -295,7 +295,7 @@ class GroupLock:
         if hosts is None:
             hosts = self.hosts_by_machine_id(sem.holders)
         now = timezone.now()
-        timeout = timedelta(seconds=self.group.update_timeout)
+        timeout = timedelta(seconds=self.group.lock_stuck_after)
         holders = []
         for holder in sorted(sem.holders):
             host = hosts.get(holder)
@@ -309,8 +309,10 @@ class GroupLock:
 
     @staticmethod
     def is_stuck(host, since, now, timeout) -> bool:
-        """Offline for longer than the group's update timeout while holding the lock (an unknown
-        holder, e.g. a FleetLock client, counts from when the server first saw it hold the lock)."""
+        """Offline for longer than the group's ``lock_stuck_after`` while holding the lock (an unknown
+        holder, e.g. a FleetLock client, counts from when the server first saw it hold the lock).
+        Its own setting, not the update timeout: a stuck holder is flagged long before the hosts
+        waiting behind it would time out, and those do not time out while they wait (Rollout.advance)."""
         if host is not None:
             if host.online:
                 return False
@@ -366,7 +368,7 @@ class GroupLock:
                 count += 1
                 _record(self.organization.pk, LockEventKind.LOCK_STUCK,
                         f"{h['host'] or h['id']} is offline and has held the reboot lock of group "
-                        f"{self.group.name} longer than the update timeout ({self.group.update_timeout} s)",
+                        f"{self.group.name} longer than {self.group.lock_stuck_after} s",
                         group=self.group, host_id=h["host_id"], data={"holder": h["id"]})
                 transaction.on_commit(lambda: _lock_changed(self.organization.pk, self.group.pk))
         return count

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import models, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, DateTimeField, ExpressionWrapper, F, Q
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
@@ -218,13 +218,19 @@ class Release(models.Model):
         sig = payload_signature(self.pk, str(host_id), expires)
         return f"{settings.FLEET_PUBLIC_URL}/payloads/{self.pk}/{host_id}/{expires}/{sig}"
 
-    def update_frame(self, host_id, rollout_id: int | None = None, allow_downgrade: bool = False) -> dict:
-        frame = {"type": "update", "version": self.version, "url": self.download_url(host_id), "size": self.size,
-                 "sha256": self.sha256, "signature": self.signature}
+    def update_frame(self, host_id, rollout_id: int | None = None, allow_downgrade: bool = False,
+                     timeout: int | None = None) -> dict:
+        """The ``update`` frame for one host.  ``timeout``: seconds the agent may keep retrying a broken
+        download (what is left of the update timeout); the URL stays valid at least that long."""
+        ttl = max(settings.FLEET_PAYLOAD_URL_TTL, timeout) if timeout else None
+        frame = {"type": "update", "version": self.version, "url": self.download_url(host_id, ttl),
+                 "size": self.size, "sha256": self.sha256, "signature": self.signature}
         if rollout_id is not None:
             frame["rollout"] = rollout_id
         if allow_downgrade:
             frame["allow_downgrade"] = True
+        if timeout:
+            frame["timeout"] = timeout
         return frame
 
 
@@ -493,9 +499,8 @@ class Rollout(models.Model):
             if rollout.status != RolloutStatus.RUNNING:
                 return []
             group = rollout.group
-            timeout_at = (now or timezone.now()) - timedelta(seconds=group.update_timeout)
-            for rh in rollout.hosts.filter(state__in=HostUpdateState.in_flight(), granted_at__lt=timeout_at):
-                rh.finish(HostUpdateState.FAILED, f"no result within the update timeout ({group.update_timeout} s)")
+            for rh in rollout.hosts.timed_out(group.update_timeout, now or timezone.now()):
+                rh.finish(HostUpdateState.FAILED, rh.timeout_error(group.update_timeout))
             counts = rollout.counts()
             # Grants are stamped by a clock read after the counts: a finish those counts saw had
             # committed, so its finished_at is earlier and a slot is never shown granted before it was
@@ -530,8 +535,8 @@ class Rollout(models.Model):
                         state=HostUpdateState.GRANTED, granted_at=now, attempts=models.F("attempts") + 1) == 1:
                     granted.append(pk)
             rows = list(RolloutHost.objects.filter(pk__in=granted).select_related("host"))
-            frames = [(rh.host_id, rollout.release.update_frame(rh.host_id, rollout.pk, rollout.allow_downgrade))
-                      for rh in rows]
+            frames = [(rh.host_id, rollout.release.update_frame(rh.host_id, rollout.pk, rollout.allow_downgrade,
+                                                                group.update_timeout)) for rh in rows]
 
             def send():
                 for host_id, frame in frames:
@@ -552,10 +557,28 @@ AGENT_EVENT_OUTCOMES = {
 }
 
 
-class RolloutHostManager(models.Manager):
+class RolloutHostQuerySet(models.QuerySet):
+    def timed_out(self, update_timeout: int, now) -> models.QuerySet:
+        """In-flight entries past the update timeout.  The clock runs from the grant but stops while
+        the host waits for a reboot lock another host holds (``lock_wait_since``; earlier waits add up
+        in ``lock_waited``): a waiting host is failed only when it is itself silent (no heartbeat)
+        for the update timeout.  A stuck holder is the lock's business (GroupLock.is_stuck)."""
+        limit = now - timedelta(seconds=update_timeout)
+        return (self.filter(state__in=HostUpdateState.in_flight())
+                .alias(clock_start=ExpressionWrapper(F("granted_at") + F("lock_waited"), output_field=DateTimeField()))
+                .filter(Q(lock_wait_since__isnull=True, clock_start__lt=limit)
+                        | Q(lock_wait_since__isnull=False, host__last_seen__lt=limit)))
+
+    def end_lock_wait(self) -> int:
+        """Stop the wait for the reboot lock of these entries: its length is added to ``lock_waited``."""
+        return self.filter(lock_wait_since__isnull=False).update(
+            lock_waited=F("lock_waited") + (timezone.now() - F("lock_wait_since")), lock_wait_since=None)
+
+
+class RolloutHostManager(models.Manager.from_queryset(RolloutHostQuerySet)):
     def in_flight_for_hosts(self, host_ids) -> list["RolloutHost"]:
         """Grants a host has not finished (newest first), for many hosts in one query."""
-        return list(self.select_related("rollout__release")
+        return list(self.select_related("rollout__release", "rollout__group")
                     .filter(host_id__in=host_ids, rollout__status=RolloutStatus.RUNNING,
                             state__in=(HostUpdateState.GRANTED, HostUpdateState.DOWNLOADING,
                                        HostUpdateState.VERIFYING))
@@ -621,8 +644,26 @@ class RolloutHostManager(models.Manager):
         rollouts = list(Rollout.objects.filter(pk__in=rollout_ids).only("pk", "organization_id", "group_id"))
         transaction.on_commit(lambda: [r.broadcast() for r in rollouts])
 
+    def report_lock(self, host_id, kind: str, data: dict) -> int:
+        """An agent's ``lock_waiting`` / ``lock_acquired`` for its installed update: waiting because
+        another host holds the lock (reason ``no_slots``) stops the update's clock until this host takes
+        the lock; another reason (window, etcd trouble) neither starts nor ends a wait.  Agents that do
+        not name the rollout: their installed, in-flight entry.  Returns the rows changed."""
+        entries = self.filter(host_id=host_id, state=HostUpdateState.NEED_REBOOT)
+        rollout_id = data.get("rollout")
+        if isinstance(rollout_id, int) and not isinstance(rollout_id, bool):
+            entries = entries.filter(rollout_id=rollout_id)
+        if kind == "lock_waiting" and data.get("reason") == "no_slots":
+            return entries.filter(lock_wait_since__isnull=True).update(lock_wait_since=timezone.now())
+        if kind == "lock_acquired":
+            return entries.end_lock_wait()
+        return 0
+
     def report_event(self, host_id, kind: str, data: dict) -> "RolloutHost | None":
         """Apply an agent's update event to its rollout entry; returns it when something changed."""
+        if kind in ("lock_waiting", "lock_acquired"):
+            self.report_lock(host_id, kind, data)
+            return None
         outcome = AGENT_EVENT_OUTCOMES.get(kind)
         rollout_id = data.get("rollout")
         if outcome is None or not isinstance(rollout_id, int) or isinstance(rollout_id, bool):
@@ -638,6 +679,8 @@ class RolloutHostManager(models.Manager):
             changed = rh.finish(state, error)
         else:
             changed = rh.move(state)
+            if state == HostUpdateState.REBOOTING:     # rebooting without a lock_acquired (strategy changed)
+                RolloutHost.objects.filter(pk=rh.pk).end_lock_wait()
         if changed:
             transaction.on_commit(lambda: _enqueue_advance(rollout_id))
             transaction.on_commit(lambda: rh.rollout.broadcast())
@@ -657,6 +700,10 @@ class RolloutHost(models.Model):
     error = models.CharField(max_length=500, blank=True)
     granted_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The update timeout's clock stops while the installed update waits for a reboot lock another
+    # host holds: since when it waits now, and how long earlier waits took.
+    lock_wait_since = models.DateTimeField(null=True, blank=True)
+    lock_waited = models.DurationField(default=timedelta)
 
     class Meta:
         ordering = ["host__hostname", "id"]
@@ -666,6 +713,24 @@ class RolloutHost(models.Model):
     @property
     def colour(self) -> str:
         return HostUpdateState.colour(self.state)
+
+    def time_left(self, update_timeout: int, now=None) -> int:
+        """Seconds until the update timeout fails this entry (at least 1), its lock waits not counted."""
+        used = (now or timezone.now()) - self.granted_at - self.lock_waited
+        return max(1, int(update_timeout - used.total_seconds()))
+
+    def update_frame(self, now=None) -> dict:
+        """The ``update`` frame of this grant (sent again to an agent that reconnects within its boot),
+        with what is left of the group's update timeout."""
+        rollout = self.rollout
+        return rollout.release.update_frame(self.host_id, rollout.pk, rollout.allow_downgrade,
+                                            self.time_left(rollout.group.update_timeout, now))
+
+    def timeout_error(self, update_timeout: int) -> str:
+        if self.lock_wait_since is not None:
+            return (f"offline for longer than the update timeout ({update_timeout} s) while waiting for the "
+                    f"reboot lock")
+        return f"no result within the update timeout ({update_timeout} s)"
 
     def finish(self, state: str, error: str = "") -> bool:
         """Record a final state once (a late duplicate report changes nothing)."""

@@ -37,7 +37,7 @@ def test_a_host_that_dies_holding_the_lock_is_stuck_until_an_admin_unlocks(locke
     stack = locked_stack
     group = next(g for g in stack.api.get("/api/v1/groups/").json()["results"] if g["slug"] == "web")
     r = stack.api.patch(f"/api/v1/groups/{group['id']}/", json={"reboot_strategy": "etcd-lock",
-                                                                 "update_timeout": 10})
+                                                                 "lock_stuck_after": 10})
     assert r.status_code == 200, r.text
     agent = stack.spawn_agent("web-1")
     wait_for(lambda: agent.host_id and stack.host(agent.host_id)["online"], what="web-1 online")
@@ -59,7 +59,7 @@ def test_a_host_that_dies_holding_the_lock_is_stuck_until_an_admin_unlocks(locke
     [holder] = lock["holders"]
     assert holder["host"] == "web-1" and holder["since"] and holder["stuck"] is False
 
-    # It dies without a word (SIGKILL): offline, then stuck once the update timeout has passed.
+    # It dies without a word (SIGKILL): offline, then stuck once lock_stuck_after has passed.
     os.killpg(agent.proc.pid, signal.SIGKILL)
     agent.proc.wait(10)
     wait_for(lambda: stack.api.get(f"/api/v1/locks/{group['id']}/").json()["holders"][0]["stuck"],

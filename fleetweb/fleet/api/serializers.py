@@ -156,7 +156,7 @@ class GroupSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Group
-        fields = ["id", "name", "slug", "channel", "reboot_strategy", "max_concurrent_reboots",
+        fields = ["id", "name", "slug", "channel", "reboot_strategy", "max_concurrent_reboots", "lock_stuck_after",
                   "reboot_window_start", "reboot_window_length", *ROLLOUT_FIELDS, "policy_revision",
                   "hosts_count", "hosts_applied", "created"]
         read_only_fields = ["id", "slug", "policy_revision", "created"]

@@ -155,11 +155,11 @@ def test_an_unknown_channel_is_refused(web, web_group):
 def test_reboot_settings_are_saved(web, web_group):
     response = web.post(f"/groups/{web_group.pk}/settings", {
         "reboot_strategy": "etcd-lock", "max_concurrent_reboots": 2,
-        "reboot_window_start": "sat 04:00", "reboot_window_length": "2h"}, **HTMX)
+        "reboot_window_start": "sat 04:00", "reboot_window_length": "2h", "lock_stuck_after": 600}, **HTMX)
     assert response.status_code == 200 and "Saved" in response.content.decode()
     web_group.refresh_from_db()
     assert (web_group.reboot_strategy, web_group.max_concurrent_reboots, web_group.reboot_window_start,
-            web_group.reboot_window_length) == ("etcd-lock", 2, "sat 04:00", "2h")
+            web_group.reboot_window_length, web_group.lock_stuck_after) == ("etcd-lock", 2, "sat 04:00", "2h", 600)
     assert Event.objects.filter(kind="strategy_changed").exists()
 
 
@@ -167,7 +167,7 @@ def test_reboot_settings_are_saved(web, web_group):
 def test_an_invalid_reboot_window_is_shown_and_nothing_saved(web, web_group, start, length):
     for headers in (HTMX, {}):
         response = web.post(f"/groups/{web_group.pk}/settings", {
-            "reboot_strategy": "off", "max_concurrent_reboots": 3,
+            "reboot_strategy": "off", "max_concurrent_reboots": 3, "lock_stuck_after": 900,
             "reboot_window_start": start, "reboot_window_length": length}, **headers)
         assert response.status_code == 422
         assert 'class="error"' in response.content.decode()
@@ -175,6 +175,14 @@ def test_an_invalid_reboot_window_is_shown_and_nothing_saved(web, web_group, sta
     assert (web_group.reboot_strategy, web_group.max_concurrent_reboots, web_group.reboot_window_start,
             web_group.policy_revision) == ("best-effort", 1, "", 1)
     assert not Event.objects.exists()
+
+
+def test_a_lock_stuck_after_under_10_seconds_is_refused(web, web_group):
+    response = web.post(f"/groups/{web_group.pk}/settings", {
+        "reboot_strategy": "off", "max_concurrent_reboots": 1, "lock_stuck_after": 5}, **HTMX)
+    assert response.status_code == 422 and "Must be at least 10 seconds." in response.content.decode()
+    web_group.refresh_from_db()
+    assert web_group.lock_stuck_after == 900 and web_group.reboot_strategy == "best-effort"
 
 
 def test_an_operator_creates_a_group(operator, acme):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -119,6 +120,92 @@ def test_it_times_out_a_stuck_host_as_a_failure(acme, web_group, online_hosts, m
     rh = rollout.hosts.get(host__hostname="web-00")
     assert rh.state == "failed" and "timeout" in rh.error
     assert granted(rollout) == {"web-01"}
+
+
+def wait_for_lock(rollout, host, holder):
+    """The agent's report: installed, and the lock is held by HOLDER (locksmith's no_slots)."""
+    RolloutHost.objects.report_event(host.pk, "update_installed", {"rollout": rollout.pk})
+    RolloutHost.objects.report_event(host.pk, "lock_waiting", {"reason": "no_slots", "rollout": rollout.pk,
+                                                               "holders": [holder.machine_id]})
+    return rollout.hosts.get(host=host)
+
+
+def test_a_host_waiting_for_a_lock_another_host_holds_is_not_failed_by_the_update_timeout(
+        acme, web_group, make_host, online_hosts, make_release):
+    """Issue 10's drill: the lock holder was killed; the host that installed behind it waits for the lock
+    past the update timeout.  It is not the one taking too long: not failed, the rollout not halted."""
+    from fleetweb.fleet.models import Host
+
+    configure(web_group, update_timeout=60, failure_threshold=1)
+    holder = make_host(web_group, hostname="web-holder", version="101.0.0")   # not in the rollout: current
+    [waiter] = online_hosts(1)
+    [rollout] = stable(acme).publish(make_release("101.0.0"), "alice")
+    entry = wait_for_lock(rollout, waiter, holder)
+    assert entry.state == "need_reboot" and entry.lock_wait_since is not None
+    later = entry.granted_at + timedelta(seconds=600)
+    Host.objects.filter(pk=waiter.pk).update(last_seen=later - timedelta(seconds=20))   # it heartbeats
+    rollout.advance(now=later)
+    rollout.refresh_from_db()
+    assert rollout.hosts.get(host=waiter).state == "need_reboot"
+    assert rollout.status == RolloutStatus.RUNNING and rollout.counts()["failed_total"] == 0
+    # A wait for another reason (window, etcd) starts no pause: the clock of a fresh entry runs.
+    RolloutHost.objects.filter(pk=entry.pk).update(lock_wait_since=None)
+    RolloutHost.objects.report_event(waiter.pk, "lock_waiting", {"reason": "outside_window", "rollout": rollout.pk})
+    rollout.advance(now=later)
+    failed = rollout.hosts.get(host=waiter)
+    assert failed.state == "failed" and "no result within the update timeout (60 s)" in failed.error
+
+
+def test_the_update_clock_runs_again_once_the_waiting_host_has_the_lock(
+        acme, web_group, make_host, online_hosts, make_release):
+    configure(web_group, update_timeout=60, failure_threshold=5)
+    holder = make_host(web_group, hostname="web-holder", version="101.0.0")
+    [waiter] = online_hosts(1)
+    [rollout] = stable(acme).publish(make_release("101.0.0"), "alice")
+    entry = wait_for_lock(rollout, waiter, holder)
+    # Granted 10 minutes ago, installed and waiting for the lock since 10 s after the grant.
+    now = timezone.now()
+    RolloutHost.objects.filter(pk=entry.pk).update(granted_at=now - timedelta(seconds=600),
+                                                   lock_wait_since=now - timedelta(seconds=590))
+    RolloutHost.objects.report_event(waiter.pk, "lock_acquired", {"rollout": rollout.pk,
+                                                                  "holder": waiter.machine_id})
+    entry.refresh_from_db()
+    assert entry.lock_wait_since is None and entry.lock_waited >= timedelta(seconds=590)
+    assert entry.time_left(60, now) == 50        # 10 s used before the wait; the wait does not count
+    rollout.advance(now=now + timedelta(seconds=45))
+    assert rollout.hosts.get(host=waiter).state == "need_reboot"
+    rollout.advance(now=now + timedelta(seconds=60))
+    assert rollout.hosts.get(host=waiter).state == "failed"
+
+
+def test_a_waiting_host_that_is_itself_silent_for_the_update_timeout_fails(
+        acme, web_group, make_host, online_hosts, make_release):
+    from fleetweb.fleet.models import Host
+
+    configure(web_group, update_timeout=60, failure_threshold=5)
+    holder = make_host(web_group, hostname="web-holder", version="101.0.0")
+    [waiter] = online_hosts(1)
+    [rollout] = stable(acme).publish(make_release("101.0.0"), "alice")
+    entry = wait_for_lock(rollout, waiter, holder)
+    later = entry.granted_at + timedelta(seconds=600)
+    Host.objects.filter(pk=waiter.pk).update(last_seen=later - timedelta(seconds=61))
+    rollout.advance(now=later)
+    failed = rollout.hosts.get(host=waiter)
+    assert failed.state == "failed" and "offline for longer than the update timeout" in failed.error
+
+
+def test_the_update_frame_carries_what_is_left_of_the_update_timeout(acme, web_group, online_hosts, make_release):
+    from agent import protocol
+
+    configure(web_group, update_timeout=7200)
+    online_hosts(1)
+    [rollout] = stable(acme).publish(make_release("101.0.0"), "alice")
+    entry = rollout.hosts.get()
+    frame = entry.update_frame(now=entry.granted_at + timedelta(seconds=200))
+    assert frame["timeout"] == 7000 and frame["rollout"] == rollout.pk
+    protocol.validate(frame, "server")
+    expires = int(frame["url"].rsplit("/", 2)[-2])
+    assert expires >= time.time() + 7000 - 5       # the URL outlives the retries it allows
 
 
 def test_pause_resume_abort_are_named_transitions_that_refuse_to_run_twice(

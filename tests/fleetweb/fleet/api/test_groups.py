@@ -7,7 +7,8 @@ from rest_framework.test import APIClient
 from fleetweb.fleet.models import Event, Group, Host
 
 URL = "/api/v1/groups/"
-ITEM_FIELDS = {"id", "name", "slug", "channel", "reboot_strategy", "max_concurrent_reboots", "reboot_window_start",
+ITEM_FIELDS = {"id", "name", "slug", "channel", "reboot_strategy", "max_concurrent_reboots", "lock_stuck_after",
+               "reboot_window_start",
                "reboot_window_length", "policy_revision", "hosts_count", "hosts_applied", "created",
                "updates_enabled", "max_updates_per_period", "update_period", "max_in_flight", "update_timeout",
                "safe_mode", "failure_threshold", "failure_threshold_percent"}
