@@ -456,7 +456,7 @@ class Agent:
             await self._emit_waiting("reboot_waiting", data, (decision.strategy, "outside_window"))
             if effective_lock(decision.strategy, endpoints):
                 await self._emit_waiting("lock_waiting", {"reason": "outside_window", "holders": [],
-                                                          "strategy": decision.strategy,
+                                                          "rollout": data["rollout"], "strategy": decision.strategy,
                                                           "window": str(window)}, ("outside_window",))
             # Look again soon (the clock may jump; a policy may change the window), at the latest
             # when the window opens.
@@ -464,7 +464,7 @@ class Agent:
         elif decision.action == reboot.WAIT_LOCK:
             await self._emit_waiting("reboot_waiting", data, (decision.strategy, "no_endpoints"))
             await self._emit_waiting("lock_waiting", {"reason": "etcd_unavailable", "holders": [],
-                                                      "strategy": decision.strategy,
+                                                      "rollout": data["rollout"], "strategy": decision.strategy,
                                                       "message": decision.reason}, ("etcd_unavailable",))
         elif decision.action == reboot.LOCK:
             await self._lock_and_reboot(decision, data)
@@ -479,15 +479,19 @@ class Agent:
             ls, client = self._locksmith(settings)
         except Exception as exc:
             await self._emit_waiting("lock_waiting", {"reason": "etcd_unavailable", "holders": [],
-                                                      "message": f"etcd client: {exc}"}, ("etcd_unavailable",))
+                                                      "rollout": data["rollout"], "message": f"etcd client: {exc}"},
+                                     ("etcd_unavailable",))
             self._schedule_decision(self._retry_delay())
             return
         try:
             sem = await asyncio.to_thread(ls.lock, holder)
         except locksmith.LockError as exc:
             reason = "no_slots" if exc.code == locksmith.NO_SLOTS else "etcd_unavailable"
+            # The rollout tells the server which update waits: its timeout does not run while
+            # another host holds the lock (Rollout.advance).
             await self._emit_waiting("lock_waiting", {"reason": reason, "holders": exc.holders, "key": ls.key,
-                                                      "message": str(exc)}, (reason, tuple(exc.holders)))
+                                                      "rollout": data["rollout"], "message": str(exc)},
+                                     (reason, tuple(exc.holders)))
             log.info("reboot lock not taken (%s): %s; retrying", exc.code, exc)
             self._schedule_decision(self._retry_delay())    # re-decides: window, strategy, etcd
             return
@@ -500,7 +504,8 @@ class Agent:
             "at": round(time.time(), 3)})
         self._last_wait.clear()
         await self.emit("lock_acquired", {"holder": holder, "group": settings.group, "key": ls.key,
-                                          "semaphore": sem.semaphore, "max": sem.max, "holders": sem.holders})
+                                          "rollout": data["rollout"], "semaphore": sem.semaphore, "max": sem.max,
+                                          "holders": sem.holders})
         await self.emit("rebooting", {**data, "lock": ls.key})
         self.request_reboot()
 

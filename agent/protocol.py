@@ -33,6 +33,7 @@ ERR_FORBIDDEN_KIND = "forbidden_kind"  # an event kind only the server records
 AGENT_EVENT_KINDS = frozenset({
     "policy_applied", "cloud_config_applied", "command_unsupported",
     "update_installed", "already_current", "update_error", "booted_new_version", "health_check_failed",
+    "download_retrying",
     "rollback", "reboot_needed", "reboot_path", "reboot_waiting", "rebooting",
     "lock_acquired", "lock_waiting", "lock_released", "signing_key_pinned", "signing_key_rotated",
 })
@@ -144,6 +145,9 @@ MESSAGES: dict[str, dict[str, dict[str, tuple[tuple[type, ...], bool]]]] = {
             "signature": (_STR, True),
             "rollout": (_INT, False),             # the rollout this grant belongs to
             "allow_downgrade": (_BOOL, False),    # only for an explicit channel rollback
+            # seconds left of the group's update timeout: the agent retries a broken download until
+            # then (without it: an hour, the server's default)
+            "timeout": (_NUM, False),
         },
         "command": {
             "command": (_STR, True),

@@ -9,7 +9,11 @@ Order of checks (nothing touches the disk until the last step):
    signing key, the Ed25519 signature over (version, size, sha256), size against the inactive
    USR partition.
 2. DOWNLOADING: stdlib HTTP(S) into ``<state-dir>/downloads/<sha256>.part``, resuming with
-   ``Range: bytes=N-`` after a break (also across agent restarts: the file stays).
+   ``Range: bytes=N-`` after a break (also across agent restarts: the file stays).  A break the
+   server may get over (refused, reset, timed out, HTTP 5xx/429, a short body) is retried with
+   capped exponential backoff and jitter until the update's deadline (the frame's ``timeout``: what
+   is left of the group's update timeout), so an outage of the server shorter than that fails
+   nothing; what retrying cannot fix (HTTP 4xx, a bad Content-Range) fails at once.
 3. VERIFYING: size and sha256 of the complete file.
 4. FINALIZING: mark the inactive partition unbootable, write it in chunks, zero the rest, fsync,
    read back and compare sha256, and only then ``install_prepare`` (tries=1, successful=0,
@@ -29,13 +33,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
 
 from agent import disk as gptdisk
 from agent import keys, signing
 from agent.config import AGENT_VERSION
+from agent.connection import Backoff
 
 log = logging.getLogger("agent.updater")
 
@@ -63,7 +68,9 @@ DOWNLOAD_DIR = "downloads"
 CHUNK = 1024 * 1024
 READ_CHUNK = 256 * 1024
 HTTP_TIMEOUT = 30
-DOWNLOAD_ATTEMPTS = 5
+DOWNLOAD_BACKOFF = (1.0, 30.0)         # seconds: first delay between download attempts, cap
+DOWNLOAD_BACKOFF_ENV = "FLEET_AGENT_DOWNLOAD_BACKOFF"
+DEFAULT_UPDATE_TIMEOUT = 3600.0        # an update frame without ``timeout`` (an older server): the server's default
 PROGRESS_STEP = 0.05
 PROGRESS_SECONDS = 1.0
 
@@ -94,12 +101,21 @@ class Offer:
     signature: str
     rollout: int | None = None
     allow_downgrade: bool = False
+    timeout: float = DEFAULT_UPDATE_TIMEOUT   # seconds from receipt until the server counts the update failed
+    received: float = field(default_factory=time.monotonic)
 
     @classmethod
     def from_frame(cls, msg: dict) -> "Offer":
+        timeout = msg.get("timeout")
         return cls(version=msg["version"], url=msg["url"], size=msg["size"], sha256=msg["sha256"].lower(),
                    signature=msg["signature"], rollout=msg.get("rollout"),
-                   allow_downgrade=bool(msg.get("allow_downgrade", False)))
+                   allow_downgrade=bool(msg.get("allow_downgrade", False)),
+                   timeout=float(timeout) if timeout is not None and timeout > 0 else DEFAULT_UPDATE_TIMEOUT)
+
+    @property
+    def deadline(self) -> float:
+        """When (``time.monotonic``) retrying a broken download stops: the server fails the update then."""
+        return self.received + self.timeout
 
 
 # -- blocking steps (run in threads; usable on their own) ------------------------------------
@@ -127,12 +143,28 @@ class _Cut(Exception):
     """The transfer stopped early (connection closed/reset/timeout): retry with Range."""
 
 
+@dataclass(frozen=True)
+class Retry:
+    """One failed download attempt that will be retried (what ``download``'s ``on_retry`` gets)."""
+    streak: int          # failed attempts in a row without a byte gained (1: the transfer just broke)
+    error: str
+    delay: float         # seconds until the next attempt
+    left: float | None   # seconds until the deadline
+
+
 def download(url: str, dest: Path, size: int, *, progress: Callable[[int], None] | None = None,
-             stop: threading.Event | None = None, attempts: int = DOWNLOAD_ATTEMPTS,
-             timeout: float = HTTP_TIMEOUT) -> None:
-    """Fetch ``url`` into ``dest`` until it holds ``size`` bytes, resuming with Range after breaks."""
+             stop: threading.Event | None = None, deadline: float | None = None,
+             backoff: Backoff | None = None, on_retry: Callable[[Retry], None] | None = None,
+             clock: Callable[[], float] = time.monotonic, timeout: float = HTTP_TIMEOUT) -> None:
+    """Fetch ``url`` into ``dest`` until it holds ``size`` bytes, resuming with Range after breaks.
+
+    A break is retried after ``backoff``'s next delay (capped, jittered; it starts over once bytes
+    flow again) until ``deadline`` on ``clock``; then UpdateError ``download_failed``.  Without a
+    deadline it retries until ``stop`` is set.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    failures = 0
+    backoff = backoff or Backoff(*download_backoff())
+    started, failures, streak = clock(), 0, 0
     while True:
         have = dest.stat().st_size if dest.exists() else 0
         if have > size:
@@ -143,18 +175,44 @@ def download(url: str, dest: Path, size: int, *, progress: Callable[[int], None]
             return
         if have:
             log.info("resuming the download at byte %d of %d (Range)", have, size)
+        left = None if deadline is None else deadline - clock()
         try:
-            _fetch(url, dest, have, size, progress, stop, timeout)
+            _fetch(url, dest, have, size, progress, stop, timeout if left is None else max(1.0, min(timeout, left)))
         except _Cut as exc:
             failures += 1
-            if failures >= attempts:
-                raise UpdateError("download_failed", f"download of {url} broke off {failures} times "
-                                                     f"(last: {exc}); the server may offer it again") from None
-            delay = min(8.0, 0.5 * 2 ** (failures - 1))
-            log.warning("download interrupted at byte %d (%s); resuming in %.1fs", dest.stat().st_size
-                        if dest.exists() else 0, exc, delay)
-            if stop is not None and stop.wait(delay):
+            got = dest.stat().st_size if dest.exists() else 0
+            if got > have:
+                backoff.reset()            # bytes flowed: a new break starts with a short delay again
+                streak = 0
+            streak += 1
+            left = None if deadline is None else deadline - clock()
+            if left is not None and left <= 0:
+                raise UpdateError("download_failed", f"download of {url} broke off {failures} times in "
+                                                     f"{clock() - started:.0f}s and the update's deadline has "
+                                                     f"passed (last: {exc}); the server may offer it again") from None
+            delay = backoff.next_delay() if left is None else min(backoff.next_delay(), left)
+            log.warning("download interrupted at byte %d (%s); retrying in %.1fs%s", got, exc, delay,
+                        "" if left is None else f" (giving up in {left:.0f}s)")
+            if on_retry is not None:
+                on_retry(Retry(streak=streak, error=str(exc), delay=delay, left=left))
+            if (stop or threading.Event()).wait(delay):
                 raise Cancelled() from None
+
+
+def download_backoff() -> tuple[float, float]:
+    """(first delay, cap) in seconds between download attempts: FLEET_AGENT_DOWNLOAD_BACKOFF="1,30"."""
+    value = os.environ.get(DOWNLOAD_BACKOFF_ENV, "").strip()
+    if not value:
+        return DOWNLOAD_BACKOFF
+    try:
+        initial, cap = (float(v) for v in value.split(","))
+        if 0 < initial <= cap:
+            return initial, cap
+    except ValueError:
+        pass
+    log.warning("%s must be 'first,cap' seconds (0 < first <= cap); using %s", DOWNLOAD_BACKOFF_ENV,
+                DOWNLOAD_BACKOFF)
+    return DOWNLOAD_BACKOFF
 
 
 def _rate_limit() -> float:
@@ -180,8 +238,8 @@ def _fetch(url, dest: Path, have: int, size: int, progress, stop, timeout) -> No
             raise _Cut(f"HTTP {exc.code}") from None
         raise UpdateError("download_failed", f"download of the payload failed with HTTP {exc.code} "
                                              f"({exc.reason}); the URL may have expired") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise _Cut(str(getattr(exc, "reason", exc))) from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        raise _Cut(str(getattr(exc, "reason", exc)) or type(exc).__name__) from None
     with resp:
         mode = "ab"
         if have and resp.status == 200:
@@ -459,8 +517,26 @@ class UpdateEngine:
                 stale.unlink(missing_ok=True)
         if path.exists():
             log.info("resuming the download of %s at byte %d", offer.version, path.stat().st_size)
-        await asyncio.to_thread(download, offer.url, path, offer.size, progress=progress, stop=self.stop)
+
+        def retrying(retry: Retry) -> None:
+            asyncio.run_coroutine_threadsafe(self._report_retry(offer, retry), loop)
+
+        await asyncio.to_thread(download, offer.url, path, offer.size, progress=progress, stop=self.stop,
+                                deadline=offer.deadline, on_retry=retrying)
         return path
+
+    async def _report_retry(self, offer: Offer, retry: Retry) -> None:
+        """A break of the transfer: tell the operator once per break that it is being retried (not once
+        per attempt), and when; the status keeps DOWNLOADING with the progress so far."""
+        if self.status != DOWNLOADING or retry.streak != 1:
+            return
+        until = "" if retry.left is None else f" for up to {retry.left:.0f}s (the update's deadline)"
+        message = f"download of {offer.version} broke off ({retry.error}); retrying with backoff{until}"
+        await self.report_event("download_retrying", {"version": offer.version, "rollout": offer.rollout,
+                                                      "reason": retry.error[:300], "retry_in": round(retry.delay, 1),
+                                                      "gives_up_in": None if retry.left is None
+                                                      else round(retry.left)}, message)
+        await self.report_status(self.fields())
 
     async def _report_progress(self, value: float) -> None:
         if self.status == DOWNLOADING:

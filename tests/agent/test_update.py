@@ -17,7 +17,8 @@ import pytest
 
 from agent import config as cfg
 from agent import disk as gptdisk
-from agent import protocol, signing
+from agent import protocol, signing, updater
+from agent.connection import Backoff
 from imagebuilder import disk as builder
 
 from .conftest import AGENT, read_json, sparse_copy
@@ -48,13 +49,17 @@ def keypair():
 
 
 class PayloadServer:
-    """Serves files with Range support; can cut the next response after N bytes or throttle."""
+    """Serves files with Range support; can cut the next response after N bytes, throttle, fail the
+    next requests (``fail``: "reset" closes the connection unanswered, "503" answers HTTP 503, ...)
+    or go down (connections refused) and come back up on the same port."""
 
     def __init__(self, files: dict[str, str]):
         self.files = files
         self.requests: list[tuple[str, str | None]] = []
         self.cut_after: int | None = None
         self.delay = 0.0
+        self.fail: list[str] = []
+        self.on_request = None
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -65,6 +70,16 @@ class PayloadServer:
 
             def do_GET(self):
                 outer.requests.append((self.path, self.headers.get("Range")))
+                if outer.on_request is not None:
+                    outer.on_request()
+                if outer.fail:
+                    mode = outer.fail.pop(0)
+                    if mode == "reset":
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        self.close_connection = True
+                    else:
+                        self.send_error(int(mode))
+                    return
                 name = self.path.lstrip("/")
                 if name not in outer.files:
                     self.send_error(404, "no such payload")
@@ -98,14 +113,26 @@ class PayloadServer:
                     if outer.delay:
                         time.sleep(outer.delay)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.handler = Handler
+        self.httpd: ThreadingHTTPServer | None = None
+        self.up(0)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def up(self, port: int | None = None):
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port if port is None else port), self.handler)
         self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def close(self):
+    def down(self):
+        """The web process is gone: connections are refused until ``up()``."""
         self.httpd.shutdown()
         self.httpd.server_close()
+        self.httpd = None
+
+    def close(self):
+        if self.httpd is not None:
+            self.down()
 
 
 @pytest.fixture
@@ -156,9 +183,9 @@ def status(srv, ws, name, timeout=30):
     return until(srv, ws, "status", lambda f: f["update_status"] == name, timeout)
 
 
-def start_agent(config):
+def start_agent(config, env: dict | None = None):
     return subprocess.Popen([*AGENT, "run", "--state-dir", str(config.state_dir)], stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, cfg.HEARTBEAT_ENV: "30"})
+                            text=True, env={**os.environ, cfg.HEARTBEAT_ENV: "30", **(env or {})})
 
 
 def stop_agent(proc) -> str:
@@ -355,6 +382,109 @@ def test_it_refuses_bad_updates_before_touching_the_disk_and_follows_only_endors
     assert read_json(config.state_dir / "signing-key.json")["public_key"] == other[1]
 
 
+# -- outages: a broken download is retried until the update's deadline (issue 10) --------------
+
+def quick_backoff():
+    return Backoff(initial=0.01, cap=0.05)
+
+
+def test_a_download_keeps_retrying_through_an_outage_and_resumes_with_range(payload_server, payloads, tmp_path):
+    """Cut mid-body, then the server is down (refused) and comes back answering 503/502 and dropping
+    connections: eight failures in a row, more than the five tries the agent used to allow, then done."""
+    info = payloads["2.0.0"]
+    payload_server.cut_after = 2 * MIB + 777
+    retries: list[updater.Retry] = []
+
+    def on_retry(retry):
+        retries.append(retry)
+        if len(retries) == 1:
+            payload_server.down()
+        elif len(retries) == 4:                 # three attempts refused
+            payload_server.fail = ["503", "reset", "502", "reset"]
+            payload_server.up()
+
+    dest = tmp_path / "dl.part"
+    updater.download(f"{payload_server.base}/2.0.0", dest, info["size"], backoff=quick_backoff(),
+                     deadline=time.monotonic() + 3600, on_retry=on_retry)
+    assert builder.file_sha256(dest) == info["sha256"]
+    assert [r.streak for r in retries] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert all(0 < r.delay <= 0.05 and 3500 < r.left <= 3600 for r in retries)
+    assert "refused" in retries[1].error.lower() and "503" in retries[4].error
+    ranges = [r for _, r in payload_server.requests]
+    assert ranges[0] is None and set(ranges[1:]) == {f"bytes={2 * MIB + 777}-"} and len(ranges) == 1 + 4 + 1
+
+
+def test_a_broken_download_gives_up_at_the_deadline_not_after_five_tries(payload_server, payloads, tmp_path):
+    """A fake clock: every attempt costs 10 s of it, the deadline is 95 s away."""
+    info = payloads["2.0.0"]
+    clock = {"now": 1000.0}
+
+    def tick():
+        clock["now"] += 10
+
+    payload_server.on_request = tick
+    payload_server.fail = ["503"] * 100
+    retries = []
+    with pytest.raises(updater.UpdateError) as exc:
+        updater.download(f"{payload_server.base}/2.0.0", tmp_path / "dl.part", info["size"],
+                         backoff=quick_backoff(), deadline=1095.0, clock=lambda: clock["now"],
+                         on_retry=retries.append)
+    assert exc.value.code == "download_failed" and "deadline" in exc.value.message
+    assert len(payload_server.requests) == 10 and len(retries) == 9       # the 10th attempt ended past it
+    assert [round(r.left) for r in retries] == [85, 75, 65, 55, 45, 35, 25, 15, 5]
+
+
+@pytest.mark.parametrize("code", [404, 403, 410])
+def test_an_error_retrying_cannot_fix_fails_the_download_at_once(payload_server, payloads, tmp_path, code):
+    payload_server.fail = [str(code)] * 10
+    with pytest.raises(updater.UpdateError) as exc:
+        updater.download(f"{payload_server.base}/2.0.0", tmp_path / "dl.part", payloads["2.0.0"]["size"],
+                         backoff=quick_backoff(), deadline=time.monotonic() + 3600)
+    assert exc.value.code == "download_failed" and f"HTTP {code}" in exc.value.message
+    assert len(payload_server.requests) == 1
+
+
+def test_an_agent_downloads_through_a_server_outage_and_says_it_is_retrying(
+        ws_server, payload_server, payloads, keypair, registered):
+    """The agent as a process (its backoff shortened by FLEET_AGENT_DOWNLOAD_BACKOFF): a cut, then seven
+    failed attempts; it reports the break once, keeps DOWNLOADING and installs."""
+    info = payloads["2.0.0"]
+    payload_server.cut_after = 3 * MIB
+    done = threading.Event()
+
+    def after_cut():                              # the first response is cut; then seven failures
+        if len(payload_server.requests) == 2:
+            payload_server.fail = ["reset", "503", "reset", "502", "503", "reset", "503"]
+
+    payload_server.on_request = after_cut
+
+    def script(srv, ws, i):
+        srv.recv(ws, "hello")
+        ws.send(key_policy(1, "off", keypair))
+        event(srv, ws, "signing_key_pinned")
+        ws.send(update_frame(info, f"{payload_server.base}/2.0.0", keypair, rollout=5, timeout=600))
+        srv.retrying = event(srv, ws, "download_retrying")
+        srv.outcome = until(srv, ws, "event", lambda f: f["kind"] in ("update_installed", "update_error"), 90)
+        done.set()
+
+    srv = ws_server(script)
+    config = registered(srv.url)
+    proc = start_agent(config, {updater.DOWNLOAD_BACKOFF_ENV: "0.05,0.2"})
+    try:
+        wait_for(done, proc, "the download through the outage", timeout=120)
+    finally:
+        err = stop_agent(proc)
+    assert not srv.errors, (srv.errors, err[-3000:])
+    assert srv.outcome["kind"] == "update_installed", srv.outcome
+    data = srv.retrying["data"]
+    assert data["version"] == "2.0.0" and data["rollout"] == 5 and 0 < data["gives_up_in"] <= 600
+    assert "retrying" in srv.retrying["message"]
+    assert [f["kind"] for f in frames(srv, 0, "event")].count("download_retrying") == 1   # once per break
+    ranges = [r for _, r in payload_server.requests]
+    assert len(ranges) == 1 + 7 + 1 and ranges[-1] == f"bytes={3 * MIB}-"
+    assert vector(config.disk, "USR-B") == (2, 1, 0)
+
+
 # -- a killed agent ---------------------------------------------------------------------------
 
 def test_an_agent_killed_mid_download_resumes_after_a_restart_and_never_boots_a_partial_partition(
@@ -408,7 +538,6 @@ def test_an_agent_killed_mid_download_resumes_after_a_restart_and_never_boots_a_
 
 
 def test_a_write_that_dies_midway_leaves_a_partition_gptprio_never_boots(payloads, disk_image, tmp_path):
-    from agent import updater
     from agent.host import Host
 
     disk = str(disk_image)

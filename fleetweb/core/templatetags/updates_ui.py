@@ -117,6 +117,7 @@ def _version_key(v: str):
 TIMELINE_KINDS = (EventKind.UPDATE_INSTALLED, EventKind.UPDATE_SUCCEEDED, EventKind.ROLLED_BACK,
                   EventKind.UPDATE_FAILED, EventKind.REBOOT_NEEDED, EventKind.AGENT_EVENT, EventKind.CONNECTED)
 AGENT_STEPS = {"rebooting": ("Rebooting", "orange"), "reboot_waiting": ("Waiting to reboot", "orange"),
+               "download_retrying": ("Download broke off, retrying", "orange"),
                "already_current": ("Already current", "grey"), "health_check_failed": ("Health check failed", "red")}
 TIMELINE_LENGTH = 40
 
