@@ -617,7 +617,7 @@ class HostManager(models.Manager):
             rh = next((rh for rh in RolloutHost.objects.in_flight_for_hosts([host_id]) if rh.rollout_id == rollout_id),
                       None)
             if rh is not None:
-                frames.append(rh.rollout.release.update_frame(host_id, rh.rollout_id, rh.rollout.allow_downgrade))
+                frames.append(rh.update_frame())      # with what is left of its update timeout
         return frames
 
     def reap_offline(self, now=None) -> int:
