@@ -383,8 +383,10 @@ class Stack:
             if rc != 0:
                 raise SystemExit(f"devstack: manage.py provision_etcd --enable-auth failed (exit {rc}); "
                                  f"an etcd that already has auth needs its root password in var/etcd-root-password")
-        rc, out = self.run_step("bootstrap", manage + ["bootstrap", "--org", ORG, "--user", USER, "--password",
-                                                  self.password(), "--group", GROUP, "--json"], self.env)
+        # --password=...: a generated password may start with "-"
+        rc, out = self.run_step("bootstrap", manage + ["bootstrap", "--org", ORG, "--user", USER,
+                                                       f"--password={self.password()}", "--group", GROUP, "--json"],
+                                self.env)
         if rc != 0:
             raise SystemExit(f"devstack: manage.py bootstrap failed (exit {rc})")
         for line in reversed(out.splitlines()):

@@ -104,7 +104,7 @@ class Devstack:
         return self.out.decode(errors="replace")
 
     def tail(self, n: int = 60) -> str:
-        return "\n".join(self.text().splitlines()[-n:])
+        return "\n".join([line for line in self.text().splitlines() if line not in ("filler", "")][-n:])
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -118,6 +118,42 @@ class Devstack:
         fd = self.proc.stdout.fileno()
         buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
         return int.from_bytes(buf, sys.byteorder), fcntl.fcntl(fd, F_GETPIPE_SZ)
+
+    # -- its stdout and main thread, from /proc
+    def _threads(self) -> dict[int, tuple[str, str]]:
+        """devstack's threads: tid -> (kernel function it sleeps in, current system call)."""
+        out = {}
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{self.proc.pid}/task"):
+                with contextlib.suppress(OSError):
+                    base = f"/proc/{self.proc.pid}/task/{tid}"
+                    out[int(tid)] = (Path(f"{base}/wchan").read_text(), Path(f"{base}/syscall").read_text())
+        return out
+
+    def main_thread_writing_stdout(self) -> bool:
+        """The main thread sleeps in write(1, ...) to its (full) stdout pipe."""
+        wchan, syscall = self._threads().get(self.proc.pid, ("", ""))
+        return "pipe_write" in wchan and syscall.split()[1:2] == ["0x1"]
+
+    def relay_idle(self) -> bool:
+        """Nothing left to relay: every output thread waits to read its child, stdout is drained."""
+        threads = self._threads()
+        others = [wchan for tid, (wchan, _) in threads.items() if tid != self.proc.pid]
+        return (bool(others) and all("pipe_read" in wchan for wchan in others)
+                and self.pipe_backlog()[0] == 0)
+
+    def fill_stdout(self) -> int:
+        """Fill devstack's stdout pipe to the last byte (while nobody reads it); returns bytes written."""
+        fd = os.open(f"/proc/{self.proc.pid}/fd/1", os.O_WRONLY | os.O_NONBLOCK)
+        written = 0
+        try:
+            for chunk in (b"filler\n" * 512, b"\n"):
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        written += os.write(fd, chunk)
+        finally:
+            os.close(fd)
+        return written
 
     def wait_exit(self, timeout: float = EXIT_TIMEOUT) -> int:
         try:
@@ -200,34 +236,62 @@ def flood(port: int, stop: threading.Event) -> None:
             conn = None
 
 
-def test_a_burst_of_signals_while_output_floods_stops_every_child(tmp_path):
-    """The handler must not print: SIGTERM/SIGINT arriving while devstack's main thread is blocked
-    writing to a full stdout pipe (under the output lock) used to deadlock it, leaving web, worker,
-    beat, the agents, Redis and etcd running.  Here the pipe is kept full (the web log floods, we
-    read it slowly) while the signals keep coming until devstack exits."""
+def sigterm_pending(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    pending = int(status.split("ShdPnd:")[1].split()[0], 16)
+    return bool(pending & (1 << (signal.SIGTERM - 1)))
+
+
+def test_signals_while_stdout_is_blocked_and_output_floods_stop_every_child(tmp_path):
+    """A signal handler that prints deadlocked devstack: the first SIGTERM's message blocked on a
+    full stdout pipe with the output lock held, the next signal's handler waited for that lock on
+    the same thread, for ever, and web, worker, beat, the agents, Redis and etcd kept running.
+
+    Provoked for certain: the children whose output devstack relays are frozen until it has
+    relayed everything, its stdout pipe is filled to the last byte, then SIGTERM; once devstack
+    either blocks writing to stdout or has sent its children SIGTERM, more signals in quick
+    succession.  Then the children run again, the web log floods, stdout is read again, and the
+    signals keep coming until devstack exits; nothing it started may be left."""
     with Devstack(tmp_path / "var", hosts=1) as stack:
         stack.start().wait_ready()
         roles = by_role(stack.snapshot())
         assert all(roles.values()), f"devstack's process tree lacks a role: {roles}"
+        # the process groups of the children whose output devstack relays (each led by that child)
+        relayed = sorted({stat(pid)[2] for role in ("web", "worker", "beat", "agent") for pid in roles[role]})
 
+        for pgid in relayed:
+            os.killpg(pgid, signal.SIGSTOP)
         stop_flood = threading.Event()
+        try:
+            wait_for(stack.relay_idle, timeout=60, what="devstack to relay what its frozen children wrote")
+            stack.paused = True
+            assert stack.fill_stdout() > 0
+            os.kill(stack.proc.pid, signal.SIGTERM)
+            wait_for(lambda: stack.main_thread_writing_stdout() or any(sigterm_pending(p) for p in relayed),
+                     timeout=60, what="devstack to block on its stdout or to send its children SIGTERM")
+            sent = 1
+            for _ in range(10):
+                os.kill(stack.proc.pid, signal.SIGINT if sent % 2 else signal.SIGTERM)
+                sent += 1
+        finally:
+            for pgid in relayed:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGCONT)
+            stack.paused = False
         threading.Thread(target=flood, args=(stack.port, stop_flood), daemon=True).start()
         try:
-            stack.paused = True
-            wait_for(lambda: (lambda n, size: n >= size - 4096)(*stack.pipe_backlog()), timeout=120,
-                     what="devstack's stdout pipe to fill with the web's access log")
-            stack.snapshot()          # the web's processes as they are now, too
-            stack.trickle, stack.paused = 128, False
-            deadline = time.monotonic() + 30
-            sent = 0
+            # An impatient operator: 20 a second for up to 10 s.  (Far more made the old handler's
+            # nested calls hit the recursion limit, whose exception broke the deadlock.)
+            deadline = time.monotonic() + 10
             while stack.proc.poll() is None and time.monotonic() < deadline:
-                os.kill(stack.proc.pid, signal.SIGTERM if sent % 2 == 0 else signal.SIGINT)
+                os.kill(stack.proc.pid, signal.SIGINT if sent % 2 else signal.SIGTERM)
                 sent += 1
-                time.sleep(0.01)
+                time.sleep(0.05)
         finally:
-            stack.trickle = None
             stop_flood.set()
-        assert sent >= 2
         rc = stack.wait_exit()
         wait_for(lambda: not stack.left(), timeout=30, what="every process devstack started to be gone")
         assert rc == 0, stack.tail()
