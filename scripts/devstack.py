@@ -428,8 +428,8 @@ class Stack:
             return host, True
         tmp = host / "disk.img.partial"
         tmp.unlink(missing_ok=True)
-        rc, _ = self.run_step(f"disk-{i}", [str(BIN / "imagebuilder"), "disk", "--output", str(tmp), "--version", VERSION],
-                         self.env)
+        rc, _ = self.run_step(f"disk-{i}", [str(BIN / "imagebuilder"), "disk", "--output", str(tmp),
+                                            "--version", VERSION], self.env)
         if rc == 0 and tmp.exists():
             tmp.rename(disk)
             return host, True
@@ -444,8 +444,8 @@ class Stack:
             # been reset). `agent run` never exits on a rejected credential, `agent run --once` does.
             env = dict(self.env, FLEET_AGENT_HEARTBEAT="10")
             try:
-                rc, _ = self.run_step(f"demo-host-{i}", [str(BIN / "agent"), "run", "--once", "--state-dir", str(state)],
-                                 env, timeout=60)
+                rc, _ = self.run_step(f"demo-host-{i}", [str(BIN / "agent"), "run", "--once", "--state-dir",
+                                                         str(state)], env, timeout=60)
             except subprocess.TimeoutExpired:
                 rc = None
             if rc not in (EXIT_NOT_REGISTERED, EXIT_UNAUTHORIZED):
