@@ -64,8 +64,10 @@ $(STAMP): requirements.txt pyproject.toml | $(PY)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 
+# RUN_ARGS: scripts/devstack.py options (--hosts N, --free-ports, ...); FLEET_WEB_PROCESSES (2) web processes.
+RUN_ARGS ?=
 run: deps
-	$(PY) scripts/devstack.py
+	$(PY) scripts/devstack.py $(RUN_ARGS)
 
 # Demo scenarios against a running `make run` (SCENARIO=good|bad-payload|bad-boot).
 SCENARIO ?= good

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Enrollment, check-in and host-list figures against one uvicorn process, optionally next to the
-OpenWISP peer (/work/shared/peers/openwisp/run.sh) measured in the same run.
+OpenWISP peer (``../shared/peers/openwisp/run.sh`` relative to the repository root) measured in the
+same run.
 
     .venv/bin/python bench/enroll.py [--duration 15] [--concurrency 32]
                                      [--checkin-agents 32,1000] [--list-sizes 1000,10000,100000]
@@ -48,7 +49,8 @@ from _common import (  # noqa: E402
 )
 from fanin import Swarm, wait_until  # noqa: E402
 
-PEER = Path("/work/shared/peers/openwisp/run.sh")
+REPO = Path(__file__).resolve().parents[1]
+PEER = REPO.parent / "shared" / "peers" / "openwisp" / "run.sh"
 
 
 # -- HTTP load --------------------------------------------------------------------------------
@@ -222,7 +224,7 @@ def hosts_list(port: int, sizes: list[int], samples: int) -> dict:
 
 
 def run_peer(workdir: Path) -> dict:
-    log("peer: running /work/shared/peers/openwisp/run.sh (about 2 min) ...")
+    log(f"peer: running {PEER} (about 2 min) ...")
     proc = start(["bash", PEER], stdout=subprocess.PIPE, log_path=workdir / "peer.log",
                  cwd=PEER.parent, env=ORIG_ENV)
     values = {}
@@ -258,6 +260,9 @@ def main() -> None:
     ap.add_argument("--redis-url", default=DEFAULT_REDIS)
     ap.add_argument("--peer", action="store_true", help="also run the OpenWISP peer (about 2 min)")
     args = ap.parse_args()
+    if args.peer and not PEER.is_file():
+        ap.error(f"--peer: the OpenWISP peer script {PEER} does not exist (it is looked for at "
+                 f"../shared/peers/openwisp/run.sh relative to the repository, {REPO})")
 
     install_cleanup()
     raise_nofile()
@@ -302,7 +307,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.chdir(Path(__file__).resolve().parents[1])
+    os.chdir(REPO)
     try:
         main()
     except KeyboardInterrupt:

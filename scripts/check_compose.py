@@ -5,6 +5,7 @@
 - long-running services have a ``healthcheck`` (all but ``beat`` and one-shot jobs);
 - every ``depends_on`` target exists, with a valid condition; ``service_healthy`` targets have a healthcheck;
 - named volumes used by services are declared; the app services get the environment the settings read;
+- web runs several processes behind its port: ``--workers`` with a number or ``${FLEET_WEB_PROCESSES...}``;
 - the Dockerfile starts FROM python:3.11-slim-bookworm.
 
     .venv/bin/python scripts/check_compose.py [docker-compose.yml]     exit 0 = ok, 1 = problems listed
@@ -31,6 +32,16 @@ def _env_names(env) -> set[str]:
     if isinstance(env, list):
         return {str(item).split("=", 1)[0] for item in env}
     return set()
+
+
+def _web_workers_problems(command) -> list[str]:
+    args = command.split() if isinstance(command, str) else [str(a) for a in command or []]
+    if "--workers" not in args or args.index("--workers") + 1 >= len(args):
+        return ["web: command lacks --workers N (FLEET_WEB_PROCESSES web processes behind one port)"]
+    value = args[args.index("--workers") + 1]
+    if not (value.isdigit() and int(value) >= 1) and not value.startswith("${FLEET_WEB_PROCESSES"):
+        return [f"web: --workers {value!r} is neither a number nor ${{FLEET_WEB_PROCESSES:-N}}"]
+    return []
 
 
 def check(path: str | Path = ROOT / "docker-compose.yml") -> list[str]:
@@ -84,6 +95,8 @@ def check(path: str | Path = ROOT / "docker-compose.yml") -> list[str]:
                 problems.append(f"{name}: environment lacks {', '.join(sorted(missing))}")
             if not svc.get("command"):
                 problems.append(f"{name}: no command")
+        if name == "web":
+            problems += _web_workers_problems(svc.get("command"))
 
     dockerfile = path.parent / "Dockerfile"
     if dockerfile.is_file():

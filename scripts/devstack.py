@@ -2,9 +2,11 @@
 """``make run``: the whole Fleetweb stack on this machine, in the foreground, with three simulated hosts.
 
 Steps: Redis + etcd (reused when already answering), migrate, bootstrap the demo organization,
-then web (uvicorn), worker, beat and ``agent run`` for demo-host-1..3 on disk images built by
-``imagebuilder disk``. A second run reuses the database, disks and registrations under ``var/``.
-Ctrl-C or SIGTERM stops every child (its process group), and the Redis/etcd this script started.
+then web (FLEET_WEB_PROCESSES uvicorn processes behind one port, default 2), worker, beat and
+``agent run`` for demo-host-1..3 on disk images built by ``imagebuilder disk``. A second run reuses
+the database, disks and registrations under ``var/`` (``$FLEET_VAR_DIR``).
+Ctrl-C, SIGTERM or SIGHUP, once or many times, stops every child (its whole process group), and the
+Redis/etcd this script started.
 
 Run it with the virtualenv's interpreter (``.venv/bin/python scripts/devstack.py``).
 """
@@ -16,6 +18,7 @@ import ctypes
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -45,41 +48,160 @@ VERSION = "100.0.0"
 EXIT_NOT_REGISTERED, EXIT_UNAUTHORIZED = 40, 41   # agent/config.py
 TOKEN_EXITS = {10, 11, 12, 13}                     # invalid, expired, revoked, exhausted token
 
+WEB_PROCESSES_VAR = "FLEET_WEB_PROCESSES"
+DEFAULT_WEB_PROCESSES = 2
+
+# Taken by the output threads and the main thread, never by a signal handler (see StopRequest).
 _print_lock = threading.Lock()
+_stdout_gone = False
 _COLORS = ["36", "33", "35", "32", "34", "31", "96", "93", "95"]
 _color_of: dict[str, str] = {}
 USE_COLOR = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
 def say(name: str, text: str) -> None:
+    global _stdout_gone
     color = _color_of.setdefault(name, _COLORS[len(_color_of) % len(_COLORS)])
     prefix = f"{name:<12}|"
     if USE_COLOR:
         prefix = f"\033[{color}m{prefix}\033[0m"
     with _print_lock:
-        for line in text.splitlines() or [""]:
-            sys.stdout.write(f"{prefix} {line}\n")
-        sys.stdout.flush()
+        if _stdout_gone:
+            return
+        try:
+            for line in text.splitlines() or [""]:
+                sys.stdout.write(f"{prefix} {line}\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            # Nobody reads our output any more (a pipe's reader died with the terminal): keep
+            # draining the children's output so that none blocks on it, and keep stopping.
+            _stdout_gone = True
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+try:
+    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)   # loaded here: a forked child must not dlopen
+except OSError:
+    _LIBC = None
+PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
     """Child pre-exec: SIGTERM if devstack itself dies without cleaning up (PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def web_processes(environ=os.environ) -> int:
+    """FLEET_WEB_PROCESSES: how many web processes serve the one port (default 2)."""
+    raw = environ.get(WEB_PROCESSES_VAR, "").strip() or str(DEFAULT_WEB_PROCESSES)
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise SystemExit(f"devstack: {WEB_PROCESSES_VAR} must be a whole number of processes, at least 1, "
+                         f"not {raw!r}")
+    return n
+
+
+def web_command(port: int, processes: int) -> list[str]:
+    """uvicorn's own supervisor: one listening socket, PROCESSES worker processes accepting on it,
+    each restarted when it dies (see README, Processes)."""
+    return [str(BIN / "uvicorn"), "fleetweb.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(processes),
+            "--ws-max-size", "1048576", "--ws-ping-interval", "30", "--ws-ping-timeout", "120"]
+
+
+def _stat(pid: int | str) -> tuple[str, int, int] | None:
+    """(state, ppid, process group) of PID from /proc, None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1]), int(fields[2])
+
+
+def group_members(pgid: int) -> list[int]:
+    """The processes of process group PGID that still run (an exited, unreaped zombie does not)."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = _stat(entry.name)
+            if stat is not None and stat[0] not in ("Z", "X") and stat[2] == pgid:
+                members.append(int(entry.name))
+    return members
+
+
+class Stopping(Exception):
+    """A stop was requested while the stack was being set up or supervised."""
+
+
+class StopRequest:
+    """SIGINT, SIGTERM and SIGHUP only record that a stop was asked for; the main thread stops.
+
+    A Python signal handler runs on the main thread between two bytecodes, wherever that thread
+    is: inside say() holding the output lock, inside a blocked write to a full pipe, inside a lock
+    of threading.Event.  A handler that takes any lock can deadlock (one that printed did: a second
+    signal arriving while the first one's message waited for stdout left every child running).  So
+    the handler stores the signal number, nothing else, and the interpreter's C-level handler writes
+    a byte to the wake-up pipe (signal.set_wakeup_fd), which ends the main thread's wait() at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+
+    def install(self) -> None:
+        signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._record)
+
+    def _record(self, signum: int, _frame) -> None:
+        self.signum = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to TIMEOUT seconds or until a stop is requested; True if one was."""
+        if not self.requested:
+            select.select([self._r], [], [], max(0.0, timeout))
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._r, 512):
+                pass
+        return self.requested
+
+    def check(self) -> None:
+        if self.requested:
+            raise Stopping
+
+    def hold(self) -> None:
+        """Block the signals for good: once everything is stopped, one arriving while the interpreter
+        exits (its handlers reset to the default) would end it by that signal instead of its exit code."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
 
 
 class Child:
-    """One long-running process, in its own process group, its output prefixed with NAME."""
+    """One process in its own process group, its output prefixed with NAME (and kept when CAPTURE)."""
 
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], critical: bool = True):
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], critical: bool = True,
+                 capture: bool = False):
         self.name, self.cmd, self.env, self.critical = name, cmd, env, critical
         self.proc: subprocess.Popen | None = None
         self.reader: threading.Thread | None = None
         self.restarts = 0
         self.next_start = 0.0
+        self.lines: list[str] | None = [] if capture else None
 
-    def start(self) -> None:
-        say("devstack", f"starting {self.name}: {' '.join(self.cmd)}")
+    def start(self, announce: bool = True) -> None:
+        if announce:
+            say("devstack", f"starting {self.name}: {' '.join(self.cmd)}")
         self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=ROOT, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      start_new_session=True, preexec_fn=_die_with_parent)
@@ -89,8 +211,16 @@ class Child:
     def _pump(self, proc: subprocess.Popen) -> None:
         assert proc.stdout is not None
         for raw in iter(proc.stdout.readline, b""):
-            say(self.name, raw.decode(errors="replace").rstrip("\n"))
+            line = raw.decode(errors="replace").rstrip("\n")
+            if self.lines is not None:
+                self.lines.append(line)
+            say(self.name, line)
         proc.stdout.close()
+
+    def output(self) -> str:
+        if self.reader is not None:
+            self.reader.join()
+        return "".join(f"{line}\n" for line in self.lines or ())
 
     def poll(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
@@ -98,31 +228,40 @@ class Child:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def alive(self) -> bool:
+        """The process, or anything it started in its process group, still runs."""
+        return self.proc is not None and (self.running() or bool(group_members(self.proc.pid)))
+
     def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
+        """SIG to the whole process group (web's worker processes, the worker's pool, ...)."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, sig)
 
     def wait(self, timeout: float) -> bool:
+        """True once the process and everything else in its process group have exited."""
         if self.proc is None:
             return True
+        deadline = time.monotonic() + timeout
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             return False
+        while group_members(self.proc.pid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
         if self.reader:
-            self.reader.join(2)
+            self.reader.join(max(0.1, min(2.0, deadline - time.monotonic())))
         return True
 
-
-def run_step(name: str, cmd: list[str], env: dict[str, str], timeout: float = 600) -> tuple[int, str]:
-    """Run a set-up command to completion; its output is shown prefixed and returned."""
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, timeout=timeout, start_new_session=True)
-    out = proc.stdout.decode(errors="replace")
-    if out.strip():
-        say(name, out.rstrip("\n"))
-    return proc.returncode, out
+    def stop(self, timeout: float = 10) -> bool:
+        """SIGTERM the process group, SIGKILL what is left after TIMEOUT; False if something survived."""
+        self.signal(signal.SIGTERM)
+        if self.wait(timeout):
+            return True
+        self.signal(signal.SIGKILL)
+        return self.wait(5)
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:
@@ -136,13 +275,14 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
 
 
 class Stack:
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, stop: StopRequest, web_processes: int):
         self.args = args
+        self.stop = stop
+        self.web_processes = web_processes
         self.port = args.port
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.children: list[Child] = []
         self.agents: dict[str, Child] = {}
-        self.stopping = False
         self.started_services = False
         self.exit_code = 0
         self.env: dict[str, str] = {}
@@ -170,7 +310,7 @@ class Stack:
         want_etcd = not os.environ.get("ETCD_ENDPOINTS")
         if want_redis or want_etcd:
             try:
-                found = services.ensure("dev", redis=want_redis, etcd=want_etcd)
+                found = services.ensure("dev", redis=want_redis, etcd=want_etcd, free_ports=self.args.free_ports)
             except services.ServiceError as exc:
                 raise SystemExit(f"devstack: {exc}") from None
             self.started_services = any(s.started for s in found.values())
@@ -216,18 +356,37 @@ class Stack:
             path.chmod(0o600)
         return path.read_text().strip()
 
+    def run_step(self, name: str, cmd: list[str], env: dict[str, str], timeout: float = 600) -> tuple[int, str]:
+        """Run a set-up command to completion; its output is shown prefixed and returned.  A stop
+        request ends it (Stopping), so does TIMEOUT (subprocess.TimeoutExpired)."""
+        step = Child(name, cmd, env, capture=True)
+        step.start(announce=False)
+        deadline = time.monotonic() + timeout
+        try:
+            while step.running():
+                if self.stop.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
+                    raise Stopping
+                if time.monotonic() >= deadline:
+                    raise subprocess.TimeoutExpired(cmd, timeout)
+        finally:
+            if step.alive():
+                step.stop()
+        return step.poll(), step.output()
+
     def migrate_and_bootstrap(self) -> dict:
         manage = [sys.executable, str(ROOT / "manage.py")]
-        rc, _ = run_step("migrate", manage + ["migrate", "--noinput"], self.env)
+        rc, _ = self.run_step("migrate", manage + ["migrate", "--noinput"], self.env)
         if rc != 0:
             raise SystemExit(f"devstack: manage.py migrate failed (exit {rc})")
         if self.env.get("ETCD_USERNAME") and self.env.get("ETCD_ENDPOINTS"):
-            rc, _ = run_step("etcd auth", manage + ["provision_etcd", "--enable-auth"], self.env)
+            rc, _ = self.run_step("etcd auth", manage + ["provision_etcd", "--enable-auth"], self.env)
             if rc != 0:
                 raise SystemExit(f"devstack: manage.py provision_etcd --enable-auth failed (exit {rc}); "
                                  f"an etcd that already has auth needs its root password in var/etcd-root-password")
-        rc, out = run_step("bootstrap", manage + ["bootstrap", "--org", ORG, "--user", USER, "--password",
-                                                  self.password(), "--group", GROUP, "--json"], self.env)
+        # --password=...: a generated password may start with "-"
+        rc, out = self.run_step("bootstrap", manage + ["bootstrap", "--org", ORG, "--user", USER,
+                                                       f"--password={self.password()}", "--group", GROUP, "--json"],
+                                self.env)
         if rc != 0:
             raise SystemExit(f"devstack: manage.py bootstrap failed (exit {rc})")
         for line in reversed(out.splitlines()):
@@ -269,8 +428,8 @@ class Stack:
             return host, True
         tmp = host / "disk.img.partial"
         tmp.unlink(missing_ok=True)
-        rc, _ = run_step(f"disk-{i}", [str(BIN / "imagebuilder"), "disk", "--output", str(tmp), "--version", VERSION],
-                         self.env)
+        rc, _ = self.run_step(f"disk-{i}", [str(BIN / "imagebuilder"), "disk", "--output", str(tmp),
+                                            "--version", VERSION], self.env)
         if rc == 0 and tmp.exists():
             tmp.rename(disk)
             return host, True
@@ -285,8 +444,8 @@ class Stack:
             # been reset). `agent run` never exits on a rejected credential, `agent run --once` does.
             env = dict(self.env, FLEET_AGENT_HEARTBEAT="10")
             try:
-                rc, _ = run_step(f"demo-host-{i}", [str(BIN / "agent"), "run", "--once", "--state-dir", str(state)],
-                                 env, timeout=60)
+                rc, _ = self.run_step(f"demo-host-{i}", [str(BIN / "agent"), "run", "--once", "--state-dir",
+                                                         str(state)], env, timeout=60)
             except subprocess.TimeoutExpired:
                 rc = None
             if rc not in (EXIT_NOT_REGISTERED, EXIT_UNAUTHORIZED):
@@ -296,7 +455,7 @@ class Stack:
             shutil.rmtree(state, ignore_errors=True)   # credential, pinned signing key, ...: a new server
             state.mkdir(parents=True, exist_ok=True)
         machine_id = (host / "root" / "etc" / "machine-id").read_text().strip()
-        rc, _ = run_step(f"demo-host-{i}", [
+        rc, _ = self.run_step(f"demo-host-{i}", [
             str(BIN / "agent"), "register", "--server", self.base_url, "--token", token,
             "--state-dir", str(state), "--disk", str(host / "disk.img"), "--root", str(host / "root"),
             "--machine-id", machine_id, "--hostname", f"demo-host-{i}"], self.env, timeout=120)
@@ -307,14 +466,15 @@ class Stack:
 
     def wait_for_web(self, web: Child, timeout: float = 90) -> bool:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self.stopping:
+        while time.monotonic() < deadline:
+            self.stop.check()
             if not web.running():
                 return False
             for path in ("/healthz", "/login/"):
                 status = http_status(self.base_url + path)
                 if status is not None and status < 500:
                     return True
-            time.sleep(0.5)
+            self.stop.wait(0.5)
         return False
 
     # ---------------------------------------------------------------- processes
@@ -338,39 +498,38 @@ class Stack:
         self.lock()
         self.check_port()
         self.ensure_services()
+        self.stop.check()
         hosts: list[tuple[int, Path]] = []
         for i in range(1, self.args.hosts + 1):
             host, ok = self.prepare_host(i)
             if ok:
                 hosts.append((i, host))
         boot = self.migrate_and_bootstrap()
-        if self.stopping:
-            return self.exit_code
-        web = self.spawn("web", [str(BIN / "uvicorn"), "fleetweb.asgi:application", "--host", "127.0.0.1",
-                                 "--port", str(self.port), "--ws-max-size", "1048576",
-                                 "--ws-ping-interval", "30", "--ws-ping-timeout", "120"])
+        self.stop.check()
+        web = self.spawn("web", web_command(self.port, self.web_processes))
         self.spawn("worker", [str(BIN / "celery"), "-A", "fleetweb", "worker", "-l", "info", "--concurrency", "2"])
         self.spawn("beat", [str(BIN / "celery"), "-A", "fleetweb", "beat", "-l", "info",
                             "--schedule", str(VAR / "celerybeat-schedule")])
         if not self.wait_for_web(web):
-            if not self.stopping:
-                say("devstack", f"web did not answer on {self.base_url} (see its output above)")
-                self.exit_code = 1
+            say("devstack", f"web did not answer on {self.base_url} (see its output above)")
+            self.exit_code = 1
             return self.exit_code
         self.token = boot["enrollment_token"]
         for i, host in hosts:
-            if self.stopping:
-                break
+            self.stop.check()
             if self.register(i, host, self.token):
                 self.start_agent(i, host)
-        self.banner(boot)
+        self.banner(boot, web)
         return self.supervise()
 
-    def banner(self, boot: dict) -> None:
+    def banner(self, boot: dict, web: Child) -> None:
+        assert web.proc is not None
         lines = [
             "",
             "=" * 64,
             f"  Fleetweb dashboard: {self.base_url}/",
+            f"  web:       {self.web_processes} process{'es' if self.web_processes > 1 else ''} behind port "
+            f"{self.port} (uvicorn --workers, supervisor pid {web.proc.pid}; {WEB_PROCESSES_VAR})",
             f"  user:      {boot['user']}",
             f"  password:  {self.password()}   (kept in {VAR / 'demo-password'})",
             f"  API key:   {boot['api_key']}   (Authorization: Bearer ...; {DEMO / 'bootstrap.json'})",
@@ -387,7 +546,7 @@ class Stack:
         say("devstack", "\n".join(lines))
 
     def supervise(self) -> int:
-        while not self.stopping:
+        while not self.stop.wait(0.3):
             for child in list(self.children):
                 rc = child.poll()
                 if rc is None or child.proc is None:
@@ -401,7 +560,6 @@ class Stack:
                 elif time.monotonic() >= child.next_start:
                     child.next_start = 0.0
                     child.start()
-            time.sleep(0.3)
         return self.exit_code
 
     def agent_exited(self, child: Child, rc: int) -> None:
@@ -426,49 +584,57 @@ class Stack:
 
     # ---------------------------------------------------------------- tear-down
 
-    def request_stop(self, signum, _frame) -> None:
-        if not self.stopping:
-            say("devstack", f"{signal.Signals(signum).name}: stopping")
-        self.stopping = True
-
     def shutdown(self) -> None:
-        self.stopping = True
-        running = [c for c in reversed(self.children) if c.running()]
+        """Stop every child and the services this devstack started, then say so.  Signals arriving
+        meanwhile change nothing; nothing is printed until everything is stopped (stdout may be a
+        pipe nobody reads any more)."""
+        notes = []
+        if self.stop.signum is not None:
+            notes.append(f"{signal.Signals(self.stop.signum).name}: stopping")
+        running = [c for c in reversed(self.children) if c.alive()]
         for c in running:                      # agents first, then beat, worker, web
             c.signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
-        for c in running:
-            if not c.wait(max(0.1, deadline - time.monotonic())):
-                say("devstack", f"{c.name} ignored SIGTERM; killing it")
-                c.signal(signal.SIGKILL)
-                c.wait(5)
+        stubborn = [c for c in running if not c.wait(max(0.1, deadline - time.monotonic()))]
+        for c in stubborn:
+            notes.append(f"{c.name} ignored SIGTERM; killing its process group")
+            c.signal(signal.SIGKILL)
+        for c in stubborn:
+            if not c.wait(5):
+                assert c.proc is not None
+                notes.append(f"{c.name}: processes {group_members(c.proc.pid)} survived SIGKILL")
         if running:
-            say("devstack", "stopped " + ", ".join(f"{c.name} (pid {c.proc.pid})" for c in running if c.proc))
-        if self.pidfile is None:
-            return                 # another devstack owns the services
-        for name, pid in services.stop("dev"):
-            say("devstack", f"stopped {name} (pid {pid})")
-        with contextlib.suppress(OSError):
-            if self.pidfile.read_text().strip() == str(os.getpid()):
-                self.pidfile.unlink()
+            notes.append("stopped " + ", ".join(f"{c.name} (pid {c.proc.pid})" for c in running if c.proc))
+        if self.pidfile is not None:           # else another devstack owns the services
+            notes += [f"stopped {name} (pid {pid})" for name, pid in services.stop("dev")]
+            with contextlib.suppress(OSError):
+                if self.pidfile.read_text().strip() == str(os.getpid()):
+                    self.pidfile.unlink()
+        for note in notes:
+            say("devstack", note)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("FLEET_PORT", "8000")))
     parser.add_argument("--hosts", type=int, default=3, help="simulated hosts (0: none)")
+    parser.add_argument("--free-ports", action="store_true",
+                        help="start Redis and etcd on free ports with throw-away data, not on 6379/2379 "
+                             "(several stacks side by side, tests; use with a fresh FLEET_VAR_DIR)")
     args = parser.parse_args()
+    stop = StopRequest()
+    stop.install()
+    processes = web_processes()
     for tool in ("uvicorn", "celery"):
         if not (BIN / tool).exists():
             raise SystemExit(f"devstack: {BIN / tool} is missing: run with .venv/bin/python after `make deps`")
     if shutil.which("redis-server") is None and not os.environ.get("REDIS_URL"):
         raise SystemExit("devstack: redis-server is missing: run `make deps`")
-    stack = Stack(args)
-    signal.signal(signal.SIGINT, stack.request_stop)
-    signal.signal(signal.SIGTERM, stack.request_stop)
-    signal.signal(signal.SIGHUP, stack.request_stop)
+    stack = Stack(args, stop, processes)
     try:
         return stack.run()
+    except Stopping:
+        return stack.exit_code
     except SystemExit as exc:
         if isinstance(exc.code, str):
             say("devstack", exc.code)
@@ -476,6 +642,7 @@ def main() -> int:
         return int(exc.code or 0)
     finally:
         stack.shutdown()
+        stop.hold()
 
 
 if __name__ == "__main__":
