@@ -19,7 +19,7 @@ django.setup(set_prefix=False)
 from django.conf import settings  # noqa: E402
 
 from fleetweb.cloudconfig import discovery  # noqa: E402
-from fleetweb.core.lanes import Lanes, SharedLane  # noqa: E402
+from fleetweb.core.lanes import Lanes, SharedLane, answer_despite_a_lost_connection  # noqa: E402
 
 # The concurrency model (fleetweb/core/lanes.py): views run on request lanes, waiting views' short
 # calls on the watch lane, agents on asgiref's shared thread.
@@ -46,7 +46,7 @@ class FleetASGIHandler(django_asgi.ASGIHandler):
         sync_chain = self._middleware_chain
 
         async def on_a_lane(request):
-            return await request_lanes.run(sync_chain, request)
+            return await request_lanes.run(answer_despite_a_lost_connection, sync_chain, request)
 
         self._middleware_chain = on_a_lane
 

@@ -25,10 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
+from django.http import HttpResponse, JsonResponse
+
+log = logging.getLogger(__name__)
+
+# Requests that may run twice: a read whose database connection died under it is answered by a
+# second run on a fresh connection instead of a 500.
+RETRY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class Lanes:
@@ -78,6 +86,47 @@ def _with_fresh_connection(fn, *args):
         return fn(*args)
     finally:
         close_old_connections()
+
+
+def _connection_lost() -> bool:
+    """Did this thread's database connection fail under the request (terminated by the server,
+    a restart, a network cut), as opposed to a query that failed on a working connection?"""
+    if not connection.errors_occurred:
+        return False
+    raw = connection.connection
+    if raw is None:
+        return True
+    try:  # Django's own is_usable() says yes to any SQLite connection, even a closed one
+        raw.cursor().execute("SELECT 1")
+    except Exception:
+        return True
+    return False
+
+
+def answer_despite_a_lost_connection(chain, request):
+    """Run the middleware chain; when the database connection died under it (the database cut
+    connections, restarted or failed over), a read runs again on a fresh connection and a write
+    is answered 503 with Retry-After (it may or may not have been saved), never a bare 500."""
+    response = chain(request)
+    if response.status_code < 500 or not _connection_lost():
+        return response
+    connection.close()
+    if request.method in RETRY_METHODS:
+        log.warning("%s %s: the database connection was lost; answering from a fresh one", request.method,
+                    request.path)
+        response.close()
+        response = chain(request)
+        if response.status_code < 500 or not _connection_lost():
+            return response
+        connection.close()
+    response.close()
+    detail = "the database connection was lost; retry the request (a change may not have been saved)"
+    if request.path.startswith("/api/"):
+        answer = JsonResponse({"code": "database_unavailable", "detail": detail}, status=503)
+    else:
+        answer = HttpResponse(detail + "\n", status=503, content_type="text/plain")
+    answer["Retry-After"] = "1"
+    return answer
 
 
 class SharedLane:

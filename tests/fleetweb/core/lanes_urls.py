@@ -7,6 +7,7 @@ import threading
 from django.db import connection
 from django.http import JsonResponse
 from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
 
 from fleetweb.urls import urlpatterns as real
 
@@ -28,3 +29,25 @@ def session(request):
 
 
 urlpatterns = [path("_test/blocked", blocked), path("_test/session", session), *real]
+
+
+cut = {"calls": 0, "raw": None, "backend": None}
+
+
+@csrf_exempt
+def cut_under_me(request):
+    """The test cuts this request's database connection between two of its queries (first call)."""
+    cut["calls"] += 1
+    with connection.cursor() as cursor:
+        cursor.execute("select pg_backend_pid()" if connection.vendor == "postgresql" else "select 1")
+        backend = cursor.fetchone()[0]
+    if cut["calls"] == 1:
+        cut["raw"], cut["backend"] = connection.connection, backend
+        entered.release()
+        release.wait(timeout=120)
+    with connection.cursor() as cursor:
+        cursor.execute("select 2")
+    return JsonResponse({"calls": cut["calls"], "backend": backend})
+
+
+urlpatterns.insert(0, path("_test/cut", cut_under_me))

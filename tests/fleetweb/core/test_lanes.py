@@ -74,3 +74,35 @@ async def test_a_lane_keeps_its_database_session_across_requests():
     # One session per lane thread, however many requests: none opened per request.
     threads = {thread for thread, _ in seen}
     assert len(seen) == len(threads) <= asgi.request_lanes.size
+
+
+def _cut(raw, backend):
+    """Cut a lane's connection the way a database does (PostgreSQL: the server ends the session)."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("select pg_terminate_backend(%s)", [backend])
+    else:
+        raw.close()
+
+
+@pytest.mark.parametrize("method,status", [("GET", 200), ("POST", 503)])
+async def test_a_request_whose_database_connection_is_cut_is_not_answered_500(method, status):
+    lanes_urls.cut.update(calls=0, raw=None, backend=None)
+    request = asyncio.ensure_future(HttpCommunicator(asgi.application, method, "/_test/cut",
+                                                     headers=[(b"host", b"localhost")]).get_response(timeout=120))
+    await wait_entered(1)
+    await sync_to_async(_cut)(lanes_urls.cut["raw"], lanes_urls.cut["backend"])
+    lanes_urls.release.set()
+    response = await request
+    assert response["status"] == status, response["body"][:300]
+    if method == "GET":  # read again on a fresh connection
+        body = json.loads(response["body"])
+        assert body["calls"] == 2
+    else:  # a write may or may not have been saved: the client is told to retry, not shown a 500
+        assert {k.lower(): v for k, v in response["headers"]}[b"retry-after"] == b"1"
+        assert b"database connection was lost" in response["body"]
+    # The lane serves the next request on a fresh connection.
+    after = await get("/_test/session").get_response(timeout=60)
+    assert after["status"] == 200
