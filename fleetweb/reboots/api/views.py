@@ -7,8 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agent.locksmith import LockError
-from fleetweb.core.api import Refused
-from fleetweb.fleet.api.serializers import ErrorSerializer
+from fleetweb.core.api import ErrorSerializer, Refused
 from fleetweb.fleet.models import Group
 from fleetweb.tenancy.api.base import OrganizationScoped
 from fleetweb.tenancy.choices import Role
