@@ -81,3 +81,14 @@ def test_every_operation_documents_the_errors_it_answers_with(client, alice, bob
     # what an operation documents itself stays
     register = schema["paths"]["/api/v1/agents/register"]["post"]["responses"]
     assert "token_invalid" in register["401"]["description"] and "429" not in register
+
+
+@pytest.mark.django_db
+def test_every_path_parameter_is_in_its_path(client):
+    """The schema fuzzer: GET /api/v1/locks/ documented a required path parameter group_id it has no place for."""
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    for path, item in schema["paths"].items():
+        in_path = set(re.findall(r"{(\w+)}", path))
+        for method, operation in item.items():
+            declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
+            assert declared == in_path, f"{method.upper()} {path}: {declared} declared"
