@@ -363,7 +363,7 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "fleetweb.core.api.Pagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "fleetweb.core.schema.AutoSchema",
     "EXCEPTION_HANDLER": "fleetweb.core.api.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }

@@ -13,6 +13,8 @@ api_patterns = [
     path("", include("fleetweb.cloudconfig.api.urls")),
 ]
 
+handler404 = "fleetweb.core.api.not_found"
+
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("api/v1/", include((api_patterns, "api"))),

@@ -10,8 +10,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from fleetweb.core.api import Refused
-from fleetweb.fleet.api.serializers import ErrorSerializer
+from fleetweb.core.api import ErrorSerializer, Refused
 from fleetweb.tenancy.choices import Role
 
 from .etcd import EtcdError, configured

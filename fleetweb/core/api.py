@@ -5,14 +5,23 @@ Every 4xx body is ``{"detail": "...", "errors": {field: [...]}}``.
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
-from rest_framework import exceptions, status
+from django.http import Http404, JsonResponse
+from django.views import defaults
+from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from agent import cloudconfig as cc
 from fleetweb.updates.models import UpdateError
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The shape of every 4xx body (``exception_handler`` below)."""
+
+    detail = serializers.CharField()
+    errors = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+    code = serializers.CharField(required=False)
 
 
 class Pagination(PageNumberPagination):
@@ -81,3 +90,11 @@ def exception_handler(exc, context):
             body["code"] = code
     return Response(body, status=response.status_code, headers=getattr(response, "headers", None) and {
         k: v for k, v in response.headers.items() if k.lower() in ("www-authenticate", "retry-after")})
+
+
+def not_found(request, exception=None):
+    """``handler404``: a URL under /api/ that no route matches answers in the error shape above,
+    as the API's own 404s do; elsewhere Django's page."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Not found.", "errors": {}, "code": "not_found"}, status=404)
+    return defaults.page_not_found(request, exception)

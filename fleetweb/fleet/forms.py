@@ -10,7 +10,7 @@ from django.utils.text import slugify
 from fleetweb.updates.models import Channel
 
 from .choices import RebootStrategy
-from .models import Group
+from .models import EnrollmentToken, Group
 
 
 class GroupCreateForm(forms.Form):
@@ -67,7 +67,8 @@ class TokenForm(forms.Form):
     name = forms.CharField(max_length=100, required=False)
     expires_in_hours = forms.IntegerField(min_value=1, max_value=24 * 365, required=False, initial=24,
                                           label="Expires in (hours)", help_text="Empty: never")
-    max_uses = forms.IntegerField(min_value=1, required=False, label="Max uses", help_text="Empty: unlimited")
+    max_uses = forms.IntegerField(min_value=1, max_value=EnrollmentToken.MAX_USES, required=False, label="Max uses",
+                                  help_text="Empty: unlimited")
 
     def __init__(self, *args, organization, **kwargs):
         super().__init__(*args, **kwargs)

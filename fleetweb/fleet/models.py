@@ -305,6 +305,7 @@ class EnrollmentToken(models.Model):
     lookup = models.CharField(max_length=12, unique=True)
     digest = models.CharField(max_length=64)
     expires_at = models.DateTimeField(null=True, blank=True)
+    MAX_USES = 2**31 - 1  # the column's range: past it a token is as good as unlimited (None)
     max_uses = models.PositiveIntegerField(null=True, blank=True)
     uses = models.PositiveIntegerField(default=0)
     created_by = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL)

@@ -11,8 +11,7 @@ from rest_framework import mixins, renderers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from fleetweb.core.api import Conflict
-from fleetweb.fleet.api.serializers import ErrorSerializer
+from fleetweb.core.api import Conflict, ErrorSerializer
 from fleetweb.tenancy.api.base import OrganizationScoped
 
 from ..filtersets import ImageBuildFilterSet

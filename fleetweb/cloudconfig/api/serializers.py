@@ -21,11 +21,14 @@ class ReportSerializer(serializers.Serializer):
     entries = EntrySerializer(many=True)
 
 
-class InvalidDocumentSerializer(ReportSerializer):
-    """400 from a PUT: the usual error body plus the validation report."""
+class InvalidDocumentSerializer(serializers.Serializer):
+    """400 from a PUT or a restore: the usual error body, plus the validation report when the
+    content itself is invalid (not when the body is malformed)."""
 
     detail = serializers.CharField()
     errors = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+    valid = serializers.BooleanField(required=False)
+    entries = EntrySerializer(many=True, required=False)
 
 
 class DocumentSerializer(serializers.Serializer):

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agent import cloudconfig as cc
-from fleetweb.fleet.api.serializers import ErrorSerializer
+from fleetweb.core.api import ErrorSerializer
 from fleetweb.fleet.api.views import client_address
 from fleetweb.fleet.models import Group, Host, HostCredential
 from fleetweb.tenancy.choices import Role

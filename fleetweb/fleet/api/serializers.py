@@ -30,14 +30,6 @@ class OrganizationSlugRelatedField(serializers.SlugRelatedField):
         return _scoped(self, super().get_queryset())
 
 
-class ErrorSerializer(serializers.Serializer):
-    """The shape of every 4xx body (``fleetweb.core.api.exception_handler``)."""
-
-    detail = serializers.CharField()
-    errors = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
-    code = serializers.CharField(required=False)
-
-
 # ---------------------------------------------------------------------------------------------
 # Agent registration
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +191,7 @@ class EnrollmentTokenCreateSerializer(EnrollmentTokenSerializer):
     expires_in = serializers.IntegerField(required=False, allow_null=True, min_value=1,
                                           max_value=10 * 365 * 24 * 3600, write_only=True,
                                           help_text="Seconds until the token expires; omit for no expiry")
-    max_uses = serializers.IntegerField(required=False, allow_null=True, min_value=1,
+    max_uses = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=EnrollmentToken.MAX_USES,
                                         help_text="How many hosts may enroll with it; omit for no limit")
     token = serializers.SerializerMethodField(help_text="The secret: shown in this response only")
     command = serializers.SerializerMethodField(help_text="Run on the host to enroll it")

@@ -14,7 +14,7 @@ from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from fleetweb.core.api import Conflict, exception_handler
+from fleetweb.core.api import Conflict, ErrorSerializer, exception_handler
 from fleetweb.reboots import etcd
 from fleetweb.tenancy.api.base import OrganizationScoped
 from fleetweb.tenancy.choices import Role
@@ -25,7 +25,6 @@ from ..writer import registrations
 from .serializers import (
     EnrollmentTokenCreateSerializer,
     EnrollmentTokenSerializer,
-    ErrorSerializer,
     EventSerializer,
     GroupSerializer,
     HostSerializer,

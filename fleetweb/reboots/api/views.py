@@ -7,8 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agent.locksmith import LockError
-from fleetweb.core.api import Refused
-from fleetweb.fleet.api.serializers import ErrorSerializer
+from fleetweb.core.api import ErrorSerializer, Refused
 from fleetweb.fleet.models import Group
 from fleetweb.tenancy.api.base import OrganizationScoped
 from fleetweb.tenancy.choices import Role
@@ -24,6 +23,7 @@ from .serializers import (
 )
 
 UNAVAILABLE = OpenApiResponse(ErrorSerializer, description="etcd is not configured or does not answer")
+GROUP_ID = OpenApiParameter("group_id", int, OpenApiParameter.PATH)  # the list has no group_id in its path
 
 
 def _lock_call(fn, *args, **kwargs):
@@ -36,7 +36,7 @@ def _lock_call(fn, *args, **kwargs):
         raise Refused(str(exc), status_code=lock_error_status(exc)) from None
 
 
-@extend_schema(tags=["locks"], parameters=[OpenApiParameter("group_id", int, OpenApiParameter.PATH)])
+@extend_schema(tags=["locks"])
 class LockViewSet(OrganizationScoped, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """The reboot semaphore of each group: max, free slots, holders (host, since, stuck)."""
 
@@ -51,10 +51,11 @@ class LockViewSet(OrganizationScoped, mixins.ListModelMixin, mixins.RetrieveMode
         data = LockSerializer([GroupLock(g).state() for g in page], many=True).data
         return self.get_paginated_response(data)
 
+    @extend_schema(parameters=[GROUP_ID])
     def retrieve(self, request, *args, **kwargs):
         return Response(LockSerializer(GroupLock(self.get_object()).state()).data)
 
-    @extend_schema(request=UnlockSerializer, responses={200: LockSerializer, 503: UNAVAILABLE,
+    @extend_schema(parameters=[GROUP_ID], request=UnlockSerializer, responses={200: LockSerializer, 503: UNAVAILABLE,
                                                         403: OpenApiResponse(ErrorSerializer, description="not admin")})
     @action(detail=True, methods=["post"])
     def unlock(self, request, group_id=None):
@@ -64,7 +65,7 @@ class LockViewSet(OrganizationScoped, mixins.ListModelMixin, mixins.RetrieveMode
         state = _lock_call(GroupLock(group).unlock, body.validated_data["holder"], actor=self.actor)
         return Response(LockSerializer(state).data)
 
-    @extend_schema(request=SetMaxSerializer, responses={200: LockSerializer, 503: UNAVAILABLE,
+    @extend_schema(parameters=[GROUP_ID], request=SetMaxSerializer, responses={200: LockSerializer, 503: UNAVAILABLE,
                                                         403: OpenApiResponse(ErrorSerializer, description="not admin")})
     @action(detail=True, methods=["post"], url_path="set-max")
     def set_max(self, request, group_id=None):

@@ -12,8 +12,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from fleetweb.core.api import Conflict, Refused
-from fleetweb.fleet.api.serializers import ErrorSerializer
+from fleetweb.core.api import Conflict, ErrorSerializer, Refused
 from fleetweb.fleet.models import Group
 from fleetweb.tenancy.api.base import OrganizationScoped
 from fleetweb.tenancy.choices import Role

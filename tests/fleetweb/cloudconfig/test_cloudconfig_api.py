@@ -35,6 +35,16 @@ def test_it_saves_a_group_document_as_a_new_revision(operator, web_group):
         .json()["revision"] == 2   # unchanged: no new revision
 
 
+def test_a_malformed_body_answers_the_400_the_schema_documents(operator, client, web_group):
+    """The schema fuzzer: the 400 of a PUT was documented as always carrying the report."""
+    r = operator.put(f"/api/v1/groups/{web_group.pk}/cloud-config", {"contents": GOOD}, format="json")
+    assert r.status_code == 400 and set(r.json()) == {"detail", "errors"} and "content" in r.json()["errors"]
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    put_400 = schema["paths"]["/api/v1/groups/{id}/cloud-config"]["put"]["responses"]["400"]
+    name = put_400["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert set(schema["components"]["schemas"][name]["required"]) <= set(r.json())
+
+
 def test_a_document_with_errors_is_not_saved(operator, web_group):
     put(operator, f"/api/v1/groups/{web_group.pk}/cloud-config", GOOD)
     r = put(operator, f"/api/v1/groups/{web_group.pk}/cloud-config", BAD)

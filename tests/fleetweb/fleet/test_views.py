@@ -213,6 +213,12 @@ def test_a_new_token_secret_is_shown_once(web, web_group, settings):
     assert response["Cache-Control"].startswith("max-age=0") or "no-cache" in response["Cache-Control"]
 
 
+def test_the_token_form_refuses_more_uses_than_a_token_can_count(web, web_group):
+    response = web.post("/tokens/", {"group": web_group.pk, "name": "huge", "max_uses": 45688885835})
+    assert response.status_code == 422
+    assert not EnrollmentToken.objects.filter(name="huge").exists()
+
+
 def test_token_states_and_revoke(web, bob, web_group):
     token, _ = EnrollmentToken.objects.issue(web_group, name="old")
     assert login(bob).post(f"/tokens/{token.pk}/revoke").status_code == 403

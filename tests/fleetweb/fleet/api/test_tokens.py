@@ -53,6 +53,15 @@ def test_it_refuses_bad_limits(alice, web_group):
     assert not EnrollmentToken.objects.exists()
 
 
+def test_it_refuses_more_uses_than_a_token_can_count(alice, web_group):
+    """Found by the schema fuzzer: a max_uses past the column's range was a 500 (integer out of range)."""
+    r = alice.post(URL, {"group": web_group.pk, "max_uses": 45688885835}, format="json")
+    assert r.status_code == 400 and "max_uses" in r.json()["errors"], r.content
+    assert not EnrollmentToken.objects.exists()
+    r = alice.post(URL, {"group": web_group.pk, "max_uses": 2**31 - 1}, format="json")
+    assert r.status_code == 201 and r.json()["max_uses"] == 2**31 - 1, r.content
+
+
 def test_it_refuses_a_group_of_another_organization(alice, other_group):
     r = alice.post(URL, {"group": other_group.pk}, format="json")
     assert r.status_code == 400 and "group" in r.json()["errors"]
