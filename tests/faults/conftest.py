@@ -176,14 +176,21 @@ def heartbeats(agents: list[AgentProc]) -> dict[str, int]:
     return {names[str(pk)]: seq for pk, seq in Host.objects.filter(pk__in=list(names)).values_list("pk", "status_seq")}
 
 
-def mid_rollout(version: str = VERSION) -> bool:
-    """In the middle of the rollout: a wave done, the next one downloading."""
-    entries = list(timeline.rollout_for(version).hosts.values_list("state", flat=True))
-    return HostUpdateState.SUCCEEDED in entries and HostUpdateState.DOWNLOADING in entries
+def downloading(agents: list[AgentProc], size: int) -> list[AgentProc]:
+    """The agents whose download of the payload (SIZE bytes) is in its first half, on their disks."""
+    def part(agent: AgentProc) -> int:
+        return max((p.stat().st_size for p in (agent.state_dir / "downloads").glob("*.part")), default=0)
+    return [a for a in agents if 0 < part(a) < size // 2]
 
 
-def wait_mid_rollout(version: str = VERSION) -> None:
-    timeline.wait(lambda: mid_rollout(version), "a wave done and the next downloading", version, interval=0.1)
+def wait_mid_rollout(agents: list[AgentProc], payload: Path, version: str = VERSION) -> list[AgentProc]:
+    """Wait for the middle of the rollout: a wave done and hosts of a later one mid-download (what
+    their disks hold, not what the server last heard); returns the agents mid-download."""
+    timeline.wait(lambda: timeline.rollout_for(version).hosts.filter(state=HostUpdateState.SUCCEEDED).exists(),
+                  "a wave done", version)
+    size = payload.stat().st_size
+    return timeline.wait(lambda: downloading(agents, size), "hosts of a later wave mid-download", version,
+                         interval=0.05)
 
 
 @pytest.fixture(scope="session")
@@ -216,6 +223,7 @@ def fault_stack(transactional_db, template_disk, tmp_path) -> FaultStack:
         # close before the web processes go.
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(AgentProc.stop, s.agents))
-            list(pool.map(stop_process, [*s.workers, *(w.proc for w in s.webs if w.proc)]))
+            list(pool.map(stop_process, s.workers))
+            list(pool.map(Web.stop, s.webs))
         api.close()
         s.redis.stop()

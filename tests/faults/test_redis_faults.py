@@ -23,10 +23,11 @@ def test_redis_killed_mid_rollout_loses_no_push_and_a_channel_switch_made_meanwh
     s = fault_stack
     agents = s.spawn_fleet("rd")
     s.publish(payload)
-    wait_mid_rollout()
+    group = s.group()
+    wait_mid_rollout(agents, payload)
 
     s.kill_redis()
-    r = s.api.patch(f"/api/v1/groups/{s.group()['id']}/", json={"channel": "beta"})
+    r = s.api.patch(f"/api/v1/groups/{group['id']}/", json={"channel": "beta"})
     assert 200 <= r.status_code < 300, f"channel switch while Redis is down: {r.status_code} {r.text[:500]}"
     time.sleep(OUTAGE)  # the rest of the outage (see OUTAGE); what follows waits for outcomes
     s.restart_redis()

@@ -14,7 +14,7 @@ def test_a_web_process_killed_mid_rollout_and_restarted_leaves_a_sound_completed
     s = fault_stack
     agents = s.spawn_fleet("web")
     s.publish(payload)
-    wait_mid_rollout()
+    wait_mid_rollout(agents, payload)
     web = s.webs[0]
     web.kill()          # downloads in flight are cut, every agent loses its socket
     time.sleep(OUTAGE)  # the outage (see OUTAGE); what follows waits for outcomes

@@ -15,7 +15,7 @@ def test_a_worker_killed_mid_rollout_and_replaced_leaves_a_sound_completed_rollo
     [_beat, first] = s.workers
     agents = s.spawn_fleet("wk")
     s.publish(payload)
-    wait_mid_rollout()
+    wait_mid_rollout(agents, payload)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(10)
     s.start_worker("second")
