@@ -47,8 +47,8 @@ AGENTS = 6
 MAX_IN_FLIGHT = 2
 UPDATE_TIMEOUT = 120            # seconds; every outage here lasts a fraction of it
 DOWNLOAD_RATE = 4 * 1024 * 1024  # bytes/s: 8 MiB take ~2 s, time to break a rollout mid-download
-# How long a killed service stays down: longer than any retry window an agent has on its own (five
-# download attempts over 7.5 s), a small fraction of the update timeout.  A fault's duration, not a
+# How long a killed service stays down: longer than the download retries agents had before issue 10
+# (five attempts over 7.5 s, then the host failed), a small fraction of the update timeout.  A fault's duration, not a
 # wait: what follows waits for outcomes.
 OUTAGE = 10.0
 ROLLOUT_TIMEOUT = 100           # the longest wait for a rollout to finish (< UPDATE_TIMEOUT: a host
