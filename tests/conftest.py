@@ -5,10 +5,19 @@ Each persona has an API client authenticated with an API key of their organizati
 """
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import pytest
 from rest_framework.test import APIClient
+
+# Processes the tests start (agents, uvicorn, Celery, imagebuilder) run this checkout's code: the
+# virtualenv's editable install points at the checkout that created it, which in another git worktree
+# is not the code under test (uvicorn and Celery find this one only through their working directory).
+_ROOT = str(Path(__file__).resolve().parent.parent)
+os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT, *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                     if p and p != _ROOT]])
 
 # The personas' password: long enough for the password validators (tests log in with it).
 PASSWORD = "persona-passphrase-7"

@@ -169,18 +169,19 @@ class Stack:
     def ws_url(self) -> str:
         return self.url.replace("http://", "ws://") + "/ws/agent/"
 
-    def new_agent(self, name: str, token: str | None = None) -> AgentProc:
+    def new_agent(self, name: str, token: str | None = None, server: str | None = None) -> AgentProc:
+        """An agent on a copy of the template disk, registered with SERVER (default: the stack's URL)."""
         d = self.workdir / name
         (d / "root/etc/coreos").mkdir(parents=True)
         (d / "root/etc/coreos/update.conf").write_text("# demo host\nGROUP=stable\nREBOOT_STRATEGY=best-effort\n")
         shutil.copyfile(self.template_disk, d / "disk.img")
-        agent = AgentProc(name=name, dir=d, server=self.url, token=token or self.bootstrap["enrollment_token"],
+        agent = AgentProc(name=name, dir=d, server=server or self.url, token=token or self.bootstrap["enrollment_token"],
                           env={**os.environ, "FLEET_AGENT_HEARTBEAT": "1"})
         self.agents.append(agent)
         return agent
 
-    def spawn_agent(self, name: str, token: str | None = None) -> AgentProc:
-        agent = self.new_agent(name, token)
+    def spawn_agent(self, name: str, token: str | None = None, server: str | None = None) -> AgentProc:
+        agent = self.new_agent(name, token, server)
         res = agent.register()
         assert res.returncode == 0, f"agent register failed ({res.returncode}): {res.stderr}"
         return agent.start()
@@ -194,32 +195,53 @@ class Stack:
         return (self.workdir / "server.log").read_text()
 
 
-@pytest.fixture
-def stack(transactional_db, template_disk, tmp_path) -> Stack:
-    from django.core.management import call_command
+def stack_env(url: str, workdir: Path, redis_url: str = REDIS_URL) -> dict:
+    """The environment every process of a stack shares (web, worker, beat): short heartbeats, its
+    own Redis key prefix and Celery queue, media under WORKDIR."""
+    return {**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": redis_url,
+            "FLEET_REDIS_PREFIX": f"fleet-test-{uuid.uuid4().hex[:8]}", "FLEET_PUBLIC_URL": url,
+            "FLEET_HEARTBEAT_INTERVAL": "1", "FLEET_OFFLINE_AFTER": "5", "DJANGO_SETTINGS_MODULE": "fleetweb.settings",
+            "PYTHONUNBUFFERED": "1", "FLEET_MEDIA_ROOT": str(workdir / "media"),
+            "CELERY_TASK_DEFAULT_QUEUE": f"fleet-test-{uuid.uuid4().hex[:8]}"}
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": REDIS_URL,
-           "FLEET_REDIS_PREFIX": f"fleet-test-{uuid.uuid4().hex[:8]}", "FLEET_PUBLIC_URL": url,
-           "FLEET_HEARTBEAT_INTERVAL": "1", "FLEET_OFFLINE_AFTER": "5", "DJANGO_SETTINGS_MODULE": "fleetweb.settings",
-           "PYTHONUNBUFFERED": "1", "FLEET_MEDIA_ROOT": str(tmp_path / "media"),
-           "CELERY_TASK_DEFAULT_QUEUE": f"fleet-test-{uuid.uuid4().hex[:8]}"}
+
+def bootstrap_org() -> dict:
+    """Organization Acme, admin alice, group web (the test database, through the real command)."""
     from io import StringIO
+
+    from django.core.management import call_command
 
     out = StringIO()
     call_command("bootstrap", org="Acme", user="alice", password=PASSWORD, group="web", json=True,
                  stdout=out)
-    boot = json.loads(out.getvalue())
-    server = subprocess.Popen(
+    return json.loads(out.getvalue())
+
+
+def start_web(env: dict, port: int, log: Path) -> subprocess.Popen:
+    """uvicorn serving fleetweb.asgi:application on 127.0.0.1:PORT, once /healthz answers."""
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
         [BIN / "uvicorn", "fleetweb.asgi:application", "--host", "127.0.0.1", "--port", str(port),
          "--ws-max-size", "1048576", *([] if os.environ.get("FLEET_TEST_ACCESS_LOG") else ["--no-access-log"])],
-        cwd=ROOT, env=env, stdout=open(tmp_path / "server.log", "ab"), stderr=subprocess.STDOUT,
-        start_new_session=True)
+        cwd=ROOT, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: proc.poll() is None and httpx.get(f"{url}/healthz", timeout=1).status_code == 200,
+                 what=f"the ASGI server on {url} (log: {log})")
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
+
+
+@pytest.fixture
+def stack(transactional_db, template_disk, tmp_path) -> Stack:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = stack_env(url, tmp_path)
+    boot = bootstrap_org()
+    server = start_web(env, port, tmp_path / "server.log")
     api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {boot['api_key']}"}, timeout=10)
     try:
-        wait_for(lambda: server.poll() is None and httpx.get(f"{url}/healthz", timeout=1).status_code == 200,
-                 what=f"the ASGI server on {url} (log: {tmp_path / 'server.log'})")
         s = Stack(url=url, bootstrap=boot, login=("alice", PASSWORD), api=api, workdir=tmp_path,
                   template_disk=template_disk, env=env, server=server)
         yield s
@@ -230,6 +252,21 @@ def stack(transactional_db, template_disk, tmp_path) -> Stack:
             stop_process(proc)
         api.close()
         stop_process(server)
+
+
+@pytest.fixture
+def etcd_env(monkeypatch, settings):
+    """The test etcd for the processes a stack starts (ETCD_ENDPOINTS) and for this one (settings);
+    request it before the stack, whose environment is read when it starts."""
+    from fleetweb.reboots import etcd
+    from scripts.services import test_etcd_endpoints
+
+    endpoints = test_etcd_endpoints()
+    monkeypatch.setenv("ETCD_ENDPOINTS", ",".join(endpoints))   # the uvicorn the stack starts
+    settings.ETCD_ENDPOINTS = endpoints                         # this process (bootstrap, checks)
+    settings.ETCD_USERNAME = settings.ETCD_PASSWORD = None
+    yield endpoints
+    etcd.reset_client()
 
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

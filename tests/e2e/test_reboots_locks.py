@@ -12,19 +12,6 @@ from .conftest import BIN, wait_for
 
 
 @pytest.fixture
-def etcd_env(monkeypatch, settings):
-    from fleetweb.reboots import etcd
-    from scripts.services import test_etcd_endpoints
-
-    endpoints = test_etcd_endpoints()
-    monkeypatch.setenv("ETCD_ENDPOINTS", ",".join(endpoints))   # the uvicorn the stack starts
-    settings.ETCD_ENDPOINTS = endpoints                         # this process (bootstrap, checks)
-    settings.ETCD_USERNAME = settings.ETCD_PASSWORD = None
-    yield endpoints
-    etcd.reset_client()
-
-
-@pytest.fixture
 def locked_stack(etcd_env, stack):
     # A fresh key space: the org slug of bootstrap is fixed, the etcd may be shared by earlier runs.
     from fleetweb.reboots import etcd
