@@ -39,12 +39,10 @@ from django.conf import settings
 from django.http import HttpResponse, JsonResponse, QueryDict
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
-from limits import parse
-from limits.storage import storage_from_string
-from limits.strategies import MovingWindowRateLimiter
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
+from fleetweb.core import ratelimit
 from fleetweb.core.hub import hub
 from fleetweb.tenancy import throttle
 from fleetweb.tenancy.authentication import ApiKeyAuthentication
@@ -117,17 +115,6 @@ def _flag(request, name: str) -> bool:
 # /discovery/new
 # ---------------------------------------------------------------------------------------------
 
-_limiter: MovingWindowRateLimiter | None = None
-
-
-def anonymous_limiter() -> MovingWindowRateLimiter:
-    """The per-IP limiter of anonymous creations, shared across processes through Redis when set."""
-    global _limiter
-    if _limiter is None:
-        _limiter = MovingWindowRateLimiter(storage_from_string(settings.REDIS_URL or "memory://"))
-    return _limiter
-
-
 def _refusal(code: str, detail: str, status: int) -> JsonResponse:
     return JsonResponse({"code": code, "detail": detail}, status=status)
 
@@ -166,8 +153,8 @@ def new(request):
             >= settings.FLEET_DISCOVERY_ANONYMOUS_MAX_TOKENS:
         return _refusal("anonymous_tokens_exhausted", "Too many anonymous discovery tokens exist; use an API key "
                         "or retry when unused ones have expired.", 429)
-    elif not anonymous_limiter().hit(parse(settings.FLEET_DISCOVERY_ANONYMOUS_RATE), "discovery-new",
-                                     request.META.get("REMOTE_ADDR", "")):
+    elif not ratelimit.hit(settings.FLEET_DISCOVERY_ANONYMOUS_RATE, "discovery-new",
+                           request.META.get("REMOTE_ADDR", "")):
         return _refusal("rate_limited", f"Too many anonymous discovery tokens from this address "
                         f"(limit {settings.FLEET_DISCOVERY_ANONYMOUS_RATE}); use an API key.", 429)
     else:
