@@ -33,7 +33,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate, timeout=20.0, interval=0.1, what="condition"):
+def wait_for(predicate, timeout=60.0, interval=0.1, what="condition"):
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -113,7 +113,7 @@ class AgentProc:
             [BIN / "agent", "register", "--server", self.server, "--token", token or self.token,
              "--state-dir", str(self.state_dir), "--disk", str(self.disk), "--root", str(self.root),
              "--machine-id", uuid.uuid5(uuid.NAMESPACE_DNS, self.name).hex, "--hostname", self.name, *extra],
-            capture_output=True, text=True, env=self.env, timeout=60)
+            capture_output=True, text=True, env=self.env, timeout=120)
         if res.returncode == 0:
             self.host_id = json.loads((self.state_dir / "agent.json").read_text())["host_id"]
         return res
@@ -202,7 +202,9 @@ def stack(transactional_db, template_disk, tmp_path) -> Stack:
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": REDIS_URL,
            "FLEET_REDIS_PREFIX": f"fleet-test-{uuid.uuid4().hex[:8]}", "FLEET_PUBLIC_URL": url,
-           "FLEET_HEARTBEAT_INTERVAL": "1", "FLEET_OFFLINE_AFTER": "5", "DJANGO_SETTINGS_MODULE": "fleetweb.settings",
+           # beat's reaper marks a host offline after FLEET_OFFLINE_AFTER without a heartbeat: 5 s was
+           # shorter than a busy host's stalls; no test waits for the reaper (a disconnect is at once)
+           "FLEET_HEARTBEAT_INTERVAL": "1", "FLEET_OFFLINE_AFTER": "60", "DJANGO_SETTINGS_MODULE": "fleetweb.settings",
            "PYTHONUNBUFFERED": "1", "FLEET_MEDIA_ROOT": str(tmp_path / "media"),
            "CELERY_TASK_DEFAULT_QUEUE": f"fleet-test-{uuid.uuid4().hex[:8]}"}
     from io import StringIO
@@ -216,7 +218,7 @@ def stack(transactional_db, template_disk, tmp_path) -> Stack:
          "--ws-max-size", "1048576", *([] if os.environ.get("FLEET_TEST_ACCESS_LOG") else ["--no-access-log"])],
         cwd=ROOT, env=env, stdout=open(tmp_path / "server.log", "ab"), stderr=subprocess.STDOUT,
         start_new_session=True)
-    api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {boot['api_key']}"}, timeout=10)
+    api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {boot['api_key']}"}, timeout=30)
     try:
         wait_for(lambda: server.poll() is None and httpx.get(f"{url}/healthz", timeout=1).status_code == 200,
                  what=f"the ASGI server on {url} (log: {tmp_path / 'server.log'})")
@@ -255,8 +257,14 @@ def browser(monkeypatch):
 
 @pytest.fixture
 def browser_page(browser):
+    from playwright.sync_api import expect
+
     ctx = browser.new_context(viewport={"width": 1360, "height": 900})
     page = ctx.new_page()
+    # Playwright waits 30 s for an action and 5 s for an expect() by default; on a busy host a page
+    # that renders in 1 s can take several. Waiting longer costs nothing when the page is there.
+    page.set_default_timeout(60_000)
+    expect.set_options(timeout=30_000)
     SCREENSHOTS.mkdir(exist_ok=True)
     try:
         yield page
