@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from django.db import connection
 from django.test import Client
 
 from fleetweb.cloudconfig import discovery
@@ -114,7 +115,10 @@ def test_wait_with_recursive_holds_until_the_next_member(settings, token):
     result = {}
 
     def waiter():
-        result["r"] = Client().get(f"{base(token)}?wait=true&waitIndex=3&recursive=true")
+        try:
+            result["r"] = Client().get(f"{base(token)}?wait=true&waitIndex=3&recursive=true")
+        finally:
+            connection.close()  # this thread's, or the test database cannot be dropped
 
     th = threading.Thread(target=waiter)
     th.start()
@@ -161,7 +165,10 @@ def test_three_members_registering_at_once_get_distinct_indexes(token):
     out = []
 
     def go(i):
-        out.append(register(Client(), token, f"{i + 10:x}", f"m{i}=http://h{i}:2380"))
+        try:
+            out.append(register(Client(), token, f"{i + 10:x}", f"m{i}=http://h{i}:2380"))
+        finally:
+            connection.close()  # this thread's, or the test database cannot be dropped
 
     threads = [threading.Thread(target=go, args=(i,)) for i in range(4)]
     [t.start() for t in threads]
