@@ -74,6 +74,7 @@ class Agent:
         self.clock = clock or self.host.now            # reboot windows (tests pass a controlled clock)
         self.lock_retry = LOCK_RETRY
         self.release_backoff = RELEASE_BACKOFF
+        self.etcd_probe_timeout = ETCD_PROBE_TIMEOUT   # lock calls get twice as long
         self._deciding = asyncio.Lock()
         self._release_task: asyncio.Task | None = None
         self._last_wait: dict[str, tuple] = {}         # per event kind, the last waiting reason sent
@@ -389,7 +390,7 @@ class Agent:
 
     def _locksmith(self, settings=None) -> tuple[locksmith.Locksmith, object]:
         settings = settings or load_etcd_settings(self.config.state_dir)
-        client = settings.client(timeout=ETCD_PROBE_TIMEOUT * 2)
+        client = settings.client(timeout=self.etcd_probe_timeout * 2)
         return locksmith.Locksmith(client, settings.group, settings.prefix, default_max=max(settings.max, 0)), client
 
     def _probe_etcd(self) -> tuple[bool, str]:
@@ -398,7 +399,7 @@ class Agent:
         if settings is None or not settings.endpoints:
             return False, "no etcd endpoints configured"
         try:
-            client = settings.client(timeout=ETCD_PROBE_TIMEOUT)
+            client = settings.client(timeout=self.etcd_probe_timeout)
         except Exception as exc:
             return False, f"etcd client: {exc}"
         try:

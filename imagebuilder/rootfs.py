@@ -90,8 +90,8 @@ if [ -f /usr.img ]; then
 		dev="/usr.img via $loopdev, filesystem label $label"
 	fi
 else
-	i=0; first=""
-	while [ -z "$first" ] && [ $i -lt 100 ]; do
+	i=0; first=""   # wait up to 60 s for the disk (TCG guests on a busy host probe slowly)
+	while [ -z "$first" ] && [ $i -lt 600 ]; do
 		for l in $labels; do first=$(part_by_label "$l"); [ -n "$first" ] && break; done
 		[ -n "$first" ] || { i=$((i + 1)); sleep 0.1; }
 	done

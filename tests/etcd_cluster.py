@@ -66,10 +66,10 @@ class EtcdCluster:
                        "--heartbeat-interval", "50", "--election-timeout", "500",
                        "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn"]
                 m.pid = _spawn(cmd, m.log)
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 120
             while not all(etcd_healthy(m.client_url) for m in self.members):
                 if time.monotonic() > deadline:
-                    raise RuntimeError("the etcd cluster did not become healthy within 30s")
+                    raise RuntimeError("the etcd cluster did not become healthy within 120s")
                 time.sleep(0.1)
         except BaseException:
             self.stop()
@@ -79,7 +79,7 @@ class EtcdCluster:
     def endpoints(self) -> list[str]:
         return [m.client_url for m in self.members]
 
-    def leader(self, timeout: float = 10.0) -> Member:
+    def leader(self, timeout: float = 60.0) -> Member:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for m in self.members:

@@ -74,7 +74,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_agent(*args: str, env: dict | None = None, timeout: float = 40) -> subprocess.CompletedProcess:
+def run_agent(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([*AGENT, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=Path(__file__).resolve().parents[2])
 

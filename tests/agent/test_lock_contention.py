@@ -35,7 +35,7 @@ def history(endpoints, key) -> list[dict]:
         client.close()
 
 
-def host(endpoints, prefix, name, results, max_, after_lock=None, deadline=60.0):
+def host(endpoints, prefix, name, results, max_, after_lock=None, deadline=240.0):
     """One host: take the lock (retrying), 'reboot', release (retrying), like the agent does."""
     client = make_client(endpoints, timeout=2)
     ls = Locksmith(client, "web", prefix, default_max=max_)
@@ -74,7 +74,7 @@ def run_hosts(endpoints, prefix, n, max_, after_lock=None) -> dict:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(90)
+        t.join(300)
     return results
 
 

@@ -137,7 +137,7 @@ def test_it_keeps_groups_apart(etcd, prefix):
 def test_it_says_etcd_is_unavailable():
     from scripts.services import start_etcd
     with start_etcd() as server:
-        client = make_client([server.url], timeout=2)
+        client = make_client([server.url], timeout=10)
         ls = Locksmith(client, "web")
         ls.lock("a")
         server.stop()

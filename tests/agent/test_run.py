@@ -51,7 +51,7 @@ class FakeServer:
         except BaseException as exc:  # surfaced by the test
             self.errors.append(exc)
 
-    def recv(self, ws, kind: str | None = None, timeout: float = 20) -> dict:
+    def recv(self, ws, kind: str | None = None, timeout: float = 120) -> dict:
         conn = next(c for c in self.connections if c.get("ws") is ws)
         while True:
             frame = protocol.decode(ws.recv(timeout=timeout), "agent")
@@ -61,7 +61,7 @@ class FakeServer:
 
     def close(self):
         self._server.shutdown()
-        self._thread.join(5)
+        self._thread.join(30)
 
 
 def policy(revision: int, channel: str, strategy: str, **extra) -> str:
@@ -176,9 +176,9 @@ def test_it_heartbeats_switches_channel_live_reboots_and_stops_cleanly_on_sigter
     proc = subprocess.Popen([*AGENT, "run", "--state-dir", str(config.state_dir)], stderr=subprocess.PIPE,
                             text=True, env={**__import__("os").environ, cfg.HEARTBEAT_ENV: "0.2"})
     try:
-        assert srv.event("ready-again").wait(30), "the agent did not come back after the simulated reboot"
+        assert srv.event("ready-again").wait(120), "the agent did not come back after the simulated reboot"
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=15)
+        _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()

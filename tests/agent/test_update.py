@@ -49,17 +49,19 @@ def keypair():
 
 
 class PayloadServer:
-    """Serves files with Range support; can cut the next response after N bytes, throttle, fail the
-    next requests (``fail``: "reset" closes the connection unanswered, "503" answers HTTP 503, ...)
-    or go down (connections refused) and come back up on the same port."""
+    """Serves files with Range support; can cut the next response after N bytes, hold every
+    response after N bytes until ``release`` is set (a download that stalls where the test wants),
+    fail the next requests (``fail``: "reset" closes the connection unanswered, "503" answers HTTP
+    503, ...) or go down (connections refused) and come back up on the same port."""
 
     def __init__(self, files: dict[str, str]):
         self.files = files
         self.requests: list[tuple[str, str | None]] = []
         self.cut_after: int | None = None
-        self.delay = 0.0
         self.fail: list[str] = []
         self.on_request = None
+        self.hold_after: int | None = None
+        self.release = threading.Event()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -105,13 +107,13 @@ class PayloadServer:
                         self.connection.shutdown(socket.SHUT_RDWR)
                         self.close_connection = True
                         return
+                    if outer.hold_after is not None and end - start > outer.hold_after:
+                        outer.release.wait()
                     try:
                         self.wfile.write(data[pos:end])
                     except OSError:
                         return
                     pos = end
-                    if outer.delay:
-                        time.sleep(outer.delay)
 
         self.handler = Handler
         self.httpd: ThreadingHTTPServer | None = None
@@ -131,6 +133,7 @@ class PayloadServer:
         self.httpd = None
 
     def close(self):
+        self.release.set()
         if self.httpd is not None:
             self.down()
 
@@ -167,7 +170,7 @@ def update_frame(info, url, keypair, *, rollout=5, version=None, size=None, sha2
                            signature=signing.sign(keypair[0], version, size, sha256), rollout=rollout, **extra)
 
 
-def until(srv, ws, kind, pred=lambda f: True, timeout=30):
+def until(srv, ws, kind, pred=lambda f: True, timeout=120):
     deadline = time.monotonic() + timeout
     while True:
         frame = srv.recv(ws, timeout=max(0.1, deadline - time.monotonic()))
@@ -175,11 +178,11 @@ def until(srv, ws, kind, pred=lambda f: True, timeout=30):
             return frame
 
 
-def event(srv, ws, name, timeout=30):
+def event(srv, ws, name, timeout=120):
     return until(srv, ws, "event", lambda f: f["kind"] == name, timeout)
 
 
-def status(srv, ws, name, timeout=30):
+def status(srv, ws, name, timeout=120):
     return until(srv, ws, "status", lambda f: f["update_status"] == name, timeout)
 
 
@@ -192,7 +195,7 @@ def stop_agent(proc) -> str:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
-        _, err = proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -220,7 +223,7 @@ def frames(srv, i, kind):
     return [f for f in srv.connections[i]["frames"] if f["type"] == kind]
 
 
-def wait_for(flag: threading.Event, proc, what: str, timeout=60):
+def wait_for(flag: threading.Event, proc, what: str, timeout=300):
     if not flag.wait(timeout):
         err = stop_agent(proc)
         raise AssertionError(f"{what} did not happen; agent log:\n{err[-4000:]}")
@@ -348,7 +351,7 @@ def test_it_refuses_bad_updates_before_touching_the_disk_and_follows_only_endors
     srv.disk = config.disk
     proc = start_agent(config)
     try:
-        wait_for(done, proc, "the refusal sequence", timeout=90)
+        wait_for(done, proc, "the refusal sequence")
     finally:
         err = stop_agent(proc)
     assert not srv.errors, (srv.errors, err[-3000:])
@@ -490,7 +493,7 @@ def test_an_agent_downloads_through_a_server_outage_and_says_it_is_retrying(
 def test_an_agent_killed_mid_download_resumes_after_a_restart_and_never_boots_a_partial_partition(
         ws_server, payload_server, payloads, keypair, registered):
     info = payloads["2.0.0"]
-    payload_server.delay = 0.03                       # ~2 MiB/s: slow enough to kill midway
+    payload_server.hold_after = 3 * MIB               # the download stalls there until the kill
     midway, done = threading.Event(), threading.Event()
 
     def script(srv, ws, i):
@@ -514,7 +517,7 @@ def test_an_agent_killed_mid_download_resumes_after_a_restart_and_never_boots_a_
         wait_for(midway, proc, "the download")
     finally:
         proc.kill()
-        proc.wait(10)
+        proc.wait(60)
     part = config.state_dir / "downloads" / f"{info['sha256']}.part"
     have = part.stat().st_size
     assert 0 < have < info["size"]
@@ -523,7 +526,8 @@ def test_an_agent_killed_mid_download_resumes_after_a_restart_and_never_boots_a_
     scratch = sparse_copy(Path(disk), Path(disk).with_name("boot-check.img"))
     assert gptdisk.boot_choice(scratch).label == "USR-A"       # a boot now would never pick USR-B
 
-    payload_server.delay = 0
+    payload_server.hold_after = None
+    payload_server.release.set()
     proc = start_agent(config)
     try:
         wait_for(done, proc, "the resumed install")

@@ -33,7 +33,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate, timeout=20.0, interval=0.1, what="condition"):
+def wait_for(predicate, timeout=60.0, interval=0.1, what="condition"):
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -113,7 +113,7 @@ class AgentProc:
             [BIN / "agent", "register", "--server", self.server, "--token", token or self.token,
              "--state-dir", str(self.state_dir), "--disk", str(self.disk), "--root", str(self.root),
              "--machine-id", uuid.uuid5(uuid.NAMESPACE_DNS, self.name).hex, "--hostname", self.name, *extra],
-            capture_output=True, text=True, env=self.env, timeout=60)
+            capture_output=True, text=True, env=self.env, timeout=120)
         if res.returncode == 0:
             self.host_id = json.loads((self.state_dir / "agent.json").read_text())["host_id"]
         return res
@@ -200,7 +200,9 @@ def stack_env(url: str, workdir: Path, redis_url: str = REDIS_URL) -> dict:
     own Redis key prefix and Celery queue, media under WORKDIR."""
     return {**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": redis_url,
             "FLEET_REDIS_PREFIX": f"fleet-test-{uuid.uuid4().hex[:8]}", "FLEET_PUBLIC_URL": url,
-            "FLEET_HEARTBEAT_INTERVAL": "1", "FLEET_OFFLINE_AFTER": "5", "DJANGO_SETTINGS_MODULE": "fleetweb.settings",
+            # beat's reaper marks a host offline after FLEET_OFFLINE_AFTER without a heartbeat: 5 s was
+            # shorter than a busy host's stalls; no test waits for the reaper (a disconnect is at once)
+            "FLEET_HEARTBEAT_INTERVAL": "1", "FLEET_OFFLINE_AFTER": "60", "DJANGO_SETTINGS_MODULE": "fleetweb.settings",
             "PYTHONUNBUFFERED": "1", "FLEET_MEDIA_ROOT": str(workdir / "media"),
             "CELERY_TASK_DEFAULT_QUEUE": f"fleet-test-{uuid.uuid4().hex[:8]}"}
 
@@ -240,7 +242,7 @@ def stack(transactional_db, template_disk, tmp_path) -> Stack:
     env = stack_env(url, tmp_path)
     boot = bootstrap_org()
     server = start_web(env, port, tmp_path / "server.log")
-    api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {boot['api_key']}"}, timeout=10)
+    api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {boot['api_key']}"}, timeout=30)
     try:
         s = Stack(url=url, bootstrap=boot, login=("alice", PASSWORD), api=api, workdir=tmp_path,
                   template_disk=template_disk, env=env, server=server)
@@ -292,8 +294,14 @@ def browser(monkeypatch):
 
 @pytest.fixture
 def browser_page(browser):
+    from playwright.sync_api import expect
+
     ctx = browser.new_context(viewport={"width": 1360, "height": 900})
     page = ctx.new_page()
+    # Playwright waits 30 s for an action and 5 s for an expect() by default; on a busy host a page
+    # that renders in 1 s can take several. Waiting longer costs nothing when the page is there.
+    page.set_default_timeout(60_000)
+    expect.set_options(timeout=30_000)
     SCREENSHOTS.mkdir(exist_ok=True)
     try:
         yield page

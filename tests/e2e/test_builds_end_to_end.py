@@ -21,7 +21,7 @@ def test_a_build_runs_on_the_worker_downloads_as_qcow2_and_publishes_to_alpha(st
         item = stack.api.get(f"/api/v1/builds/{build_id}/").json()
         return item if item["status"] in ("succeeded", "failed", "cancelled") else None
 
-    wait_for(finished, timeout=120, interval=0.5, what="the build to finish")
+    wait_for(finished, timeout=600, interval=0.5, what="the build to finish")
     build = finished()
     assert build["status"] == "succeeded", build["last_error"]
     assert build["progress"] == 100

@@ -31,7 +31,7 @@ coreos:
 
 def test_a_group_cloud_config_is_applied_and_reported(stack):
     agent = stack.spawn_agent("cc-1")
-    wait_for(lambda: stack.host(agent.host_id)["online"], what="the agent online")
+    wait_for(lambda: stack.host(agent.host_id)["online"], timeout=120, what="the agent online")
     group = stack.api.get("/api/v1/groups/").json()["results"][0]
     r = stack.api.put(f"/api/v1/groups/{group['id']}/cloud-config", json={"content": DOC})
     assert r.status_code == 200, r.text
@@ -43,7 +43,7 @@ def test_a_group_cloud_config_is_applied_and_reported(stack):
         body = stack.api.get(f"/api/v1/hosts/{agent.host_id}/cloud-config/effective").json()
         return body if body["apply_state"] == "current" else None
 
-    body = wait_for(effective, timeout=30, what=f"the host reporting the revision (log: {agent.log})")
+    body = wait_for(effective, timeout=120, what=f"the host reporting the revision (log: {agent.log})")
     assert body["applied_revision"] == body["revision"] > 0
     root = agent.root
     assert (root / "etc/motd").read_text() == "managed by fleetweb"

@@ -32,26 +32,26 @@ def test_dashboard_follows_agents_live_and_switches_a_channel(stack, browser_pag
 
     # Hosts page open, socket connected, then an agent enrolls: its row appears without a reload.
     page.goto(stack.url + "/hosts/")
-    expect(page.locator("[data-live-state]")).to_have_attribute("data-live-state", "open", timeout=10_000)
+    expect(page.locator("[data-live-state]")).to_have_attribute("data-live-state", "open", timeout=60_000)
     page.evaluate("window.__sameDocument = true")
     agent = stack.spawn_agent("e2e-dash-1")
     row = page.locator(f'#host-table tr[data-host="{agent.host_id}"]')
-    expect(row).to_be_visible(timeout=20_000)
-    expect(row).to_contain_text("online", timeout=20_000)
+    expect(row).to_be_visible(timeout=120_000)
+    expect(row).to_contain_text("online", timeout=120_000)
     assert page.evaluate("window.__sameDocument") is True, "the page was reloaded"
     shot(page, "hosts")
 
     # Group page: click "beta" on the toggle; the agent rewrites update.conf and acknowledges.
     group = next(g for g in stack.api.get("/api/v1/groups/").json()["results"] if g["id"])
     page.goto(f"{stack.url}/groups/{group['id']}/")
-    expect(page.locator("[data-live-state]")).to_have_attribute("data-live-state", "open", timeout=10_000)
+    expect(page.locator("[data-live-state]")).to_have_attribute("data-live-state", "open", timeout=60_000)
     page.evaluate("window.__sameDocument = true")
     page.click('#group-policy button[data-channel="beta"]')
     expect(page.locator('#group-policy button[data-channel="beta"]')).to_have_class(re.compile(r"\bis-active\b"))
-    wait_for(lambda: "GROUP=beta" in agent.update_conf(), timeout=20, what="GROUP=beta in the agent's update.conf")
+    wait_for(lambda: "GROUP=beta" in agent.update_conf(), timeout=60, what="GROUP=beta in the agent's update.conf")
     host_row = page.locator(f'#group-hosts tr[data-host="{agent.host_id}"]')
-    expect(host_row.locator("[data-policy]")).to_contain_text("applied", timeout=20_000)
-    expect(host_row).to_contain_text("beta", timeout=20_000)
+    expect(host_row.locator("[data-policy]")).to_contain_text("applied", timeout=60_000)
+    expect(host_row).to_contain_text("beta", timeout=60_000)
     assert page.evaluate("window.__sameDocument") is True, "the page was reloaded"
     shot(page, "group")
 

@@ -47,7 +47,7 @@ def payload(tmp_path, version):
 def test_a_release_uploaded_and_published_in_the_browser_rolls_out_live(stack, worker, browser_page, tmp_path):
     page = browser_page
     agent = stack.spawn_agent("e2e-upd-1")
-    wait_for(lambda: stack.host(agent.host_id)["online"], timeout=30, what="the agent online")
+    wait_for(lambda: stack.host(agent.host_id)["online"], timeout=120, what="the agent online")
     image, meta = payload(tmp_path, "200.0.0")
 
     page.goto(stack.url + "/login/")
@@ -77,7 +77,7 @@ def test_a_release_uploaded_and_published_in_the_browser_rolls_out_live(stack, w
 
     # Publish to stable on the channels board: the rollout to the group starts.
     page.goto(stack.url + "/channels/")
-    expect(page.locator("[data-live-state]")).to_have_attribute("data-live-state", "open", timeout=10_000)
+    expect(page.locator("[data-live-state]")).to_have_attribute("data-live-state", "open", timeout=60_000)
     actions = page.locator("#channel-stable-actions")
     actions.locator("select[name=release]").select_option(label="200.0.0")
     actions.locator('button[data-publish="stable"]').click()
@@ -90,9 +90,9 @@ def test_a_release_uploaded_and_published_in_the_browser_rolls_out_live(stack, w
     link.click()
     expect(page.locator("h1")).to_contain_text("Rollout #")
     expect(page.locator('#rollout-counts [data-state="total"] .state-n')).to_have_text("1")
-    expect(page.locator("[data-live-state]")).to_have_attribute("data-live-state", "open", timeout=10_000)
+    expect(page.locator("[data-live-state]")).to_have_attribute("data-live-state", "open", timeout=60_000)
     page.evaluate("window.__sameDocument = true")
-    expect(page.locator("#rollout")).to_have_attribute("data-status", "completed", timeout=120_000)
+    expect(page.locator("#rollout")).to_have_attribute("data-status", "completed", timeout=300_000)
     expect(page.locator('#rollout-counts [data-state="succeeded"] .state-n')).to_have_text("1")
     expect(page.locator(f'#rollout-hosts tr[data-host="{agent.host_id}"]')).to_contain_text("Updated")
     assert page.evaluate("window.__sameDocument") is True, "the page was reloaded"
@@ -102,10 +102,10 @@ def test_a_release_uploaded_and_published_in_the_browser_rolls_out_live(stack, w
     # The host page follows the agent live: its reported state and queued events arrive after the
     # reconnect, so wait for them rather than for a fixed time.
     timeline = page.locator("#host-update-timeline")
-    expect(timeline).to_contain_text("Rebooted into new version", timeout=20_000)
-    expect(timeline).to_contain_text("Update installed", timeout=20_000)
-    expect(page.locator("#host-detail .headline")).to_contain_text("200.0.0", timeout=20_000)
-    expect(timeline.locator(".ab-part--active")).to_contain_text("200.0.0", timeout=20_000)
+    expect(timeline).to_contain_text("Rebooted into new version", timeout=60_000)
+    expect(timeline).to_contain_text("Update installed", timeout=60_000)
+    expect(page.locator("#host-detail .headline")).to_contain_text("200.0.0", timeout=60_000)
+    expect(timeline.locator(".ab-part--active")).to_contain_text("200.0.0", timeout=60_000)
     expect(timeline.locator(".flip").last).to_contain_text("→")
     shot(page, "host-updated")
 

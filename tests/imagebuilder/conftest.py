@@ -15,7 +15,7 @@ EPOCH = "1700000000"
 
 def run_build(out: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "imagebuilder.main", "build", "--output", str(out), *args],
-                          capture_output=True, text=True, timeout=300,
+                          capture_output=True, text=True, timeout=1800,
                           env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH, **(env or {})})
 
 

@@ -15,8 +15,10 @@ from agent import disk as gptdisk
 from imagebuilder.build import PREFIX as P
 from imagebuilder.disk import make_usr_image
 
-BOOT_TIMEOUT = 60
-UEFI_TIMEOUT = 90           # OVMF under TCG: measured 10-15 s to the banner on 2 cores
+# Generous: a timeout only bounds a failure (every wait ends at the banner). OVMF under TCG was
+# measured at 10-15 s to the banner on 2 idle cores; tests boot up to three guests at once.
+BOOT_TIMEOUT = 300
+UEFI_TIMEOUT = 600
 BANNER = re.compile(r"fleetweb-boot: version=(\S+) usr=(\S+) mounted=(\S+)")
 # Firmware consoles (SeaBIOS sercon, GRUB's gfxterm-less menu) move the cursor in the middle of words:
 # "Welco\x1b[10;05H\x1b[10;06Hme to GRUB!". Match against the text with the terminal codes taken out.
@@ -89,25 +91,23 @@ def _assert_uefi_path(text: str) -> None:
 
 
 def test_the_pxe_kernel_and_initramfs_boot_to_the_banner_with_usr_mounted_read_only(built, tmp_path):
-    text, took = _kernel_boot(tmp_path, "pxe", built / f"{P}_pxe.vmlinuz", built / f"{P}_pxe_image.cpio.gz",
+    text, _ = _kernel_boot(tmp_path, "pxe", built / f"{P}_pxe.vmlinuz", built / f"{P}_pxe_image.cpio.gz",
                               "console=ttyS0")
     assert BANNER.search(text).groups() == ("4.2.0", "USR-A", "ro")
     assert "fleetweb-init: found USR image /usr.img (PXE)" in text
     assert re.search(r"mounted /usr.img via /dev/loop\d+, filesystem label USR-A on /usr \(ro\)", text)
-    assert took < BOOT_TIMEOUT
 
 
 def test_the_qemu_kernel_fallback_boots_and_finds_usr_by_gptprio_and_its_label(built, tmp_path):
     script = (built / f"{P}_qemu.sh").read_text()
     append = re.search(r'-append "([^"]+)"', script).group(1)
     assert "mount.usr=" not in append                  # the initramfs makes the gptprio choice
-    text, took = _kernel_boot(tmp_path, "qemu", built / f"{P}_qemu.vmlinuz", built / f"{P}_qemu_initrd.cpio.gz",
+    text, _ = _kernel_boot(tmp_path, "qemu", built / f"{P}_qemu.vmlinuz", built / f"{P}_qemu_initrd.cpio.gz",
                               append.replace("console=tty0 ", ""), drive=built / f"{P}_qemu_image.qcow2")
     assert BANNER.search(text).groups() == ("4.2.0", "USR-A", "ro")
     assert re.search(r"gptprio on /dev/vd[a-z] chose partition 3 \(USR-A: priority=1 tries=0 successful=1\)", text)
     assert re.search(r"found USR by GPT label PARTNAME=USR-A at /dev/vd[a-z]3", text)
     assert re.search(r"mounted /dev/vd[a-z]3 on /usr \(ro\)", text)
-    assert took < BOOT_TIMEOUT
 
 
 def test_the_qemu_and_openstack_disks_boot_through_uefi_and_the_ami_raw_through_bios_without_a_kernel(built, tmp_path):
@@ -140,7 +140,6 @@ def test_the_qemu_and_openstack_disks_boot_through_uefi_and_the_ami_raw_through_
             _assert_uefi_path(text)
             assert re.search(r"gptprio on /dev/vda chose partition 3 \(USR-A: priority=1 tries=0 successful=1\)", text)
             assert "mounted /dev/vda3 on /usr (ro)" in text
-            assert took < UEFI_TIMEOUT
     finally:  # a failed check must not leave the other two running on the shared images
         for boot in (bios, qemu, openstack):
             boot.kill()
@@ -199,4 +198,3 @@ def test_the_vmware_disk_boots_on_pvscsi_and_the_virtualbox_disk_on_virtio_scsi(
         assert f"fleetweb-init: loaded {driver}" in text and "fleetweb-init: loaded sd_mod" in text
         assert re.search(r"gptprio on /dev/sd[a-z] chose partition 3 \(USR-A: priority=1 tries=0 successful=1\)", text)
         assert re.search(r"mounted /dev/sd[a-z]3 on /usr \(ro\)", text)
-        assert took < UEFI_TIMEOUT

@@ -27,7 +27,7 @@ def _sha256(path) -> str:
 
 def _cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "imagebuilder.main", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=60)
+                          env={**os.environ, **(env or {})}, timeout=300)
 
 
 def test_it_writes_the_coreos_layout_with_usr_a_active_and_usr_b_empty(tmp_path):

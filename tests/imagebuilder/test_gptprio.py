@@ -27,7 +27,7 @@ def gptprio(tmp_path_factory):
 
     def run(disk: Path, commit: bool = True) -> subprocess.CompletedProcess:
         args = [str(d / "bin" / "sh"), str(script)] + (["--commit"] if commit else []) + [str(disk)]
-        return subprocess.run(args, capture_output=True, text=True, env={"PATH": str(d / "bin")}, timeout=30)
+        return subprocess.run(args, capture_output=True, text=True, env={"PATH": str(d / "bin")}, timeout=120)
     return run
 
 

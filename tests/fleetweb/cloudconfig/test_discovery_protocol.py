@@ -7,8 +7,10 @@ import threading
 import time
 
 import pytest
+from django.db import connection
 from django.test import Client
 
+from fleetweb.cloudconfig import discovery
 from fleetweb.cloudconfig.discovery_models import DiscoveryToken
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -108,22 +110,27 @@ def test_wait_returns_a_past_event_at_once(web, token):
 
 
 def test_wait_with_recursive_holds_until_the_next_member(settings, token):
-    settings.DISCOVERY_WAIT = 10
+    settings.DISCOVERY_WAIT = 60  # ended by the registration below, not by the clock
     register(Client(), token, "aa", "m1=http://a:2380")
     result = {}
 
     def waiter():
-        t0 = time.monotonic()
-        result["r"] = Client().get(f"{base(token)}?wait=true&waitIndex=3&recursive=true")
-        result["t"] = time.monotonic() - t0
+        try:
+            result["r"] = Client().get(f"{base(token)}?wait=true&waitIndex=3&recursive=true")
+        finally:
+            connection.close()  # this thread's, or the test database cannot be dropped
 
     th = threading.Thread(target=waiter)
     th.start()
-    time.sleep(0.8)
-    assert "r" not in result  # still waiting
+    deadline = time.monotonic() + 30
+    while not discovery._watches.get(token.token):  # until the server holds the watch (observed, not slept)
+        assert th.is_alive() and time.monotonic() < deadline, result
+        time.sleep(0.01)
+    assert "r" not in result  # still waiting: nothing at index 3 yet
     register(Client(), token, "bb", "m2=http://b:2380")
-    th.join(10)
-    assert result["r"].status_code == 200 and result["t"] >= 0.7
+    th.join(60)
+    # Only a watch that waited can answer with bb: it did not exist when the watch began.
+    assert result["r"].status_code == 200
     assert result["r"].json()["node"]["key"] == f"/{token.token}/bb"
     assert result["r"].json()["node"]["modifiedIndex"] == 3
 
@@ -158,11 +165,14 @@ def test_three_members_registering_at_once_get_distinct_indexes(token):
     out = []
 
     def go(i):
-        out.append(register(Client(), token, f"{i + 10:x}", f"m{i}=http://h{i}:2380"))
+        try:
+            out.append(register(Client(), token, f"{i + 10:x}", f"m{i}=http://h{i}:2380"))
+        finally:
+            connection.close()  # this thread's, or the test database cannot be dropped
 
     threads = [threading.Thread(target=go, args=(i,)) for i in range(4)]
     [t.start() for t in threads]
-    [t.join(20) for t in threads]
+    [t.join(60) for t in threads]
     codes = sorted(r.status_code for r in out)
     assert codes == [201, 201, 201, 412]
     assert sorted(json.loads(r.content)["node"]["createdIndex"] for r in out if r.status_code == 201) == [2, 3, 4]

@@ -8,11 +8,11 @@ import json
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.testing import HttpCommunicator
 
 from fleetweb import asgi
 from fleetweb.cloudconfig import discovery
 from fleetweb.cloudconfig.discovery_models import DiscoveryToken
+from tests.communicators import HttpCommunicator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,7 +35,7 @@ async def watch(token, wait_index=2):
     comm = HttpCommunicator(asgi.application, "GET",
                             f"/discovery/{token.token}?wait=true&recursive=true&waitIndex={wait_index}",
                             headers=[(b"host", b"127.0.0.1")])
-    return await comm.get_response(timeout=30)
+    return await comm.get_response()
 
 
 async def test_a_watch_that_sees_no_change_reads_the_token_once(settings, loads):

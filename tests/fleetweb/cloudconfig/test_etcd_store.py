@@ -126,12 +126,12 @@ def test_the_watch_sends_a_notice_per_change(org, etcd):
     watch = ConfigWatch(42, "store-test", notify=notify, endpoints=test_etcd_endpoints())
     watch.start()
     try:
-        assert watch.ready.wait(5)
+        assert watch.ready.wait(30)
         org.put("live", "1")
         ConfigStore("store-test", "web", etcd=etcd).put("port", "80")
         ConfigStore("store-other", etcd=etcd).put("noise", "x")  # another organization: not ours
         org.delete("live")
-        assert wait_until(lambda: len(seen) >= 3)
+        assert wait_until(lambda: len(seen) >= 3, timeout=30)
     finally:
         watch.stop()
     payloads = [p for _, p in seen]

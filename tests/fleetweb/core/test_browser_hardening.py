@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from channels.routing import URLRouter
-from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from fleetweb.core.routing import websocket_urlpatterns
+from tests.communicators import WebsocketCommunicator
 
 ROOT = Path(__file__).resolve().parents[3]
 PRODUCTION = {"SECRET_KEY": "x" * 20 + "production-secret-key-for-the-test", "DEBUG": "false",

@@ -6,17 +6,18 @@ import asyncio
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.testing import HttpCommunicator
 
 from fleetweb import asgi
+from fleetweb.cloudconfig import discovery
 from fleetweb.cloudconfig.discovery_models import DiscoveryToken
+from tests.communicators import HttpCommunicator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def get(path: str) -> tuple[int, dict, bytes]:
     comm = HttpCommunicator(asgi.application, "GET", path, headers=[(b"host", b"127.0.0.1")])
-    response = await comm.get_response(timeout=10)
+    response = await comm.get_response()
     return response["status"], {k.decode().lower(): v.decode() for k, v in response["headers"]}, response["body"]
 
 
@@ -47,11 +48,14 @@ async def test_a_page_goes_through_the_middleware_and_a_discovery_key_does_not()
 
 
 async def test_a_watch_that_times_out_answers_empty_while_other_requests_are_served(settings):
-    settings.DISCOVERY_WAIT = 5
+    settings.DISCOVERY_WAIT = 10  # the page below must be served well within it, even on a busy host
     token = await sync_to_async(DiscoveryToken.objects.issue)(3)
     watch = asyncio.ensure_future(get(f"/discovery/{token.token}?wait=true&recursive=true&waitIndex=2"))
-    await asyncio.sleep(0.3)
-    assert not watch.done()
+    for _ in range(3000):  # until the server holds the watch (observed, not slept)
+        if discovery._watches.get(token.token):
+            break
+        await asyncio.sleep(0.01)
+    assert discovery._watches.get(token.token) == 1 and not watch.done()
     status, _, _ = await get("/login/")             # served while the watch is open
     assert status == 200 and not watch.done()
     status, _, body = await watch

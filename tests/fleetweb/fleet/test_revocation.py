@@ -9,12 +9,12 @@ import json
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.testing import WebsocketCommunicator
 from django.utils import timezone
 
 from agent import protocol
 from fleetweb.asgi import application
 from fleetweb.fleet.models import EnrollmentToken, Event, Host, HostCredential
+from tests.communicators import WebsocketCommunicator
 from tests.conftest import partitions
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -32,14 +32,14 @@ async def ready(credential):
     connected, _ = await comm.connect()
     assert connected
     await comm.send_to(text_data=json.dumps(hello()))
-    assert json.loads(await comm.receive_from(timeout=5))["type"] == "policy"
+    assert json.loads(await comm.receive_from())["type"] == "policy"
     return comm
 
 
 async def closed_with(comm) -> int:
     """The close code the server sent, skipping any frame that came before it."""
     while True:
-        out = await comm.receive_output(timeout=5)
+        out = await comm.receive_output()
         if out["type"] == "websocket.close":
             await comm.disconnect()  # what a real server reports after a close: the consumer cleans up
             return out["code"]
@@ -90,7 +90,7 @@ async def test_a_second_connection_with_the_same_credential_replaces_the_first(h
     await second.send_to(text_data=json.dumps({"type": "pong"}))
     group = await sync_to_async(lambda: host.group)()
     await sync_to_async(group.push_policy)()
-    assert json.loads(await second.receive_from(timeout=5))["type"] == "policy"  # the new one is served
+    assert json.loads(await second.receive_from())["type"] == "policy"  # the new one is served
     await second.disconnect()
 
 

@@ -78,7 +78,7 @@ def test_without_credentials_nothing_is_readable(auth_etcd, acme, web_group):
     from fleetweb.reboots import etcd
 
     call_command("provision_etcd", "--enable-auth")
-    anonymous = make_client([auth_etcd.url], timeout=3)
+    anonymous = make_client([auth_etcd.url], timeout=10)
     try:
         with pytest.raises(Exception, match="(?i)user name is empty|permission denied|token"):
             anonymous.get(etcd.org_prefix(acme) + "anything")

@@ -37,7 +37,7 @@ async def entry_state(entry):
     return fresh.state, fresh.progress
 
 
-async def until(check, timeout=5.0):
+async def until(check, timeout=30.0):
     for _ in range(int(timeout / 0.02)):
         if await check():
             return
@@ -84,7 +84,7 @@ async def test_frames_a_replaced_socket_still_delivers_change_neither_the_host_n
     await old.send_to(text_data=json.dumps(hello(hostname="web-00")))
     await old.receive_from()
     await old.send_to(text_data=status(1, "DOWNLOADING", entry.rollout_id, 0.5))
-    await until(lambda: _is(entry, (HostUpdateState.DOWNLOADING, 0.5)), timeout=10)
+    await until(lambda: _is(entry, (HostUpdateState.DOWNLOADING, 0.5)))
 
     # the host rebooted into the new version; its old socket is still draining queued frames
     new = await connect(host.credential)
@@ -96,15 +96,16 @@ async def test_frames_a_replaced_socket_still_delivers_change_neither_the_host_n
     await new.send_to(text_data=status(1, "IDLE", version="101.0.0", partitions=good))
     await old.send_to(text_data=status(9, "DOWNLOADING", entry.rollout_id, 0.9, version="100.0.0",
                                        partitions=partitions()))
-    await until(lambda: _seq(host, 1), timeout=10)
+    await until(lambda: _seq(host, 1))
     await old.send_to(text_data=protocol.encode("pong", "agent", nonce="flush"))
-    await asyncio.sleep(0.8)  # past the tick that holds the old socket's frames
+    # The old socket goes away: its consumer handles every frame it was sent, then its disconnect
+    # waits until the writer has written them (or refused them) before it ends.
+    await old.disconnect()
     stored = await Host.objects.aget(pk=host.pk)
     assert stored.version == "101.0.0" and stored.status_seq == 1
     assert [(p["label"], p["active"], p["successful"]) for p in stored.partitions] == [
         ("USR-A", False, True), ("USR-B", True, True)]
     assert await entry_state(entry) == (HostUpdateState.DOWNLOADING, 0.5)
-    await old.disconnect()
     await new.disconnect()
 
 

@@ -5,10 +5,10 @@ import json
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.testing import WebsocketCommunicator
 
 from fleetweb.asgi import application
 from fleetweb.fleet.models import Group
+from tests.communicators import WebsocketCommunicator
 from tests.conftest import partitions
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -36,7 +36,7 @@ async def test_it_pushes_the_new_groups_policy_to_a_moved_host(operator, acme, w
     assert first["group"] == "web"
     r = await sync_to_async(operator.patch)(f"/api/v1/hosts/{host.pk}/", {"group": db.pk}, format="json")
     assert r.status_code == 200, r.content
-    pushed = json.loads(await comm.receive_from(timeout=5))
+    pushed = json.loads(await comm.receive_from())
     assert pushed["type"] == "policy" and pushed["group"] == "db" and pushed["channel"] == "alpha"
     await comm.disconnect()
 
@@ -46,6 +46,6 @@ async def test_it_pushes_a_channel_switch_made_through_the_api(operator, web_gro
     comm, first = await connected_agent(host)
     r = await sync_to_async(operator.patch)(f"/api/v1/groups/{web_group.pk}/", {"channel": "beta"}, format="json")
     assert r.status_code == 200, r.content
-    pushed = json.loads(await comm.receive_from(timeout=5))
+    pushed = json.loads(await comm.receive_from())
     assert pushed["channel"] == "beta" and pushed["revision"] == first["revision"] + 1
     await comm.disconnect()

@@ -7,10 +7,10 @@ import json
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.testing import HttpCommunicator
 
 from fleetweb.asgi import application
 from fleetweb.fleet.models import Event, Host, HostCredential
+from tests.communicators import HttpCommunicator
 
 from .test_register import BAD_TOKENS, body, spoil
 
@@ -22,7 +22,7 @@ async def post(data, content_type="application/json", raw: bytes | None = None) 
     payload = raw if raw is not None else json.dumps(data).encode()
     comm = HttpCommunicator(application, "POST", URL, body=payload,
                             headers=[(b"content-type", content_type.encode())] if content_type else [])
-    response = await comm.get_response(timeout=10)
+    response = await comm.get_response()
     headers = {k.decode().lower(): v.decode() for k, v in response["headers"]}
     return response["status"], json.loads(response["body"]), headers
 
