@@ -6,8 +6,10 @@ import io
 import json
 import socket
 import subprocess
+import time
 
 import pytest
+import redis
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
@@ -35,18 +37,14 @@ def private_redis():
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no"], stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
-    import redis
-
     client = redis.Redis.from_url(url)
-    for _ in range(200):
+    for _ in range(1200):  # up to 60 s on a loaded machine
         try:
             client.ping()
             break
         except redis.ConnectionError:
             if proc.poll() is not None:
                 raise RuntimeError("redis-server exited") from None
-            import time
-
             time.sleep(0.05)
     with override_settings(REDIS_URL=url):
         hub._loop, hub._sync_redis = None, None  # subscribe and publish on this Redis
