@@ -4,13 +4,19 @@ Agents (any path but /control): a `hello` is answered with a fixed `policy` fram
 frames are only counted, `event` frames are ignored (nothing is stored anywhere).
 /control (the bench): "count" -> status frames received so far; "broadcast" -> a policy frame with
 the next revision to every agent socket, then "sent".  Prints READY when listening.
+
+    _baseline_server.py PORT [--reuse-port --control-port CPORT]
+
+With ``--reuse-port`` several of these share PORT (SO_REUSEPORT: the kernel spreads connections over
+them, as several web processes behind one port); each answers /control on its own CPORT too.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import json
 import resource
-import sys
 
 from websockets.asyncio.server import broadcast, serve
 
@@ -56,16 +62,24 @@ async def handler(ws):
         AGENTS.discard(ws)
 
 
-async def main(port: int) -> None:
-    async with serve(handler, "127.0.0.1", port, compression=None, ping_interval=None,
-                     max_size=2 ** 20, backlog=4096):
+async def main(port: int, reuse_port: bool, control_port: int | None) -> None:
+    opts = {"compression": None, "ping_interval": None, "max_size": 2 ** 20, "backlog": 4096}
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(serve(handler, "127.0.0.1", port, reuse_port=reuse_port, **opts))
+        if control_port:
+            await stack.enter_async_context(serve(handler, "127.0.0.1", control_port, **opts))
         print("READY", flush=True)
         await asyncio.Future()
 
 
 if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("port", type=int)
+    ap.add_argument("--reuse-port", action="store_true")
+    ap.add_argument("--control-port", type=int)
+    args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     import uvloop
 
-    uvloop.run(main(int(sys.argv[1])))
+    uvloop.run(main(args.port, args.reuse_port, args.control_port))

@@ -28,6 +28,7 @@ ORIG_ENV = dict(os.environ)  # before setup_django() exports fleetweb's settings
 BIN = Path(sys.executable).parent
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 BENCH_DB = "fleetweb_bench"
+PROTECTED_DBS = {"postgres", "template0", "template1"}
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -156,8 +157,8 @@ def cpu_seconds(pid: int) -> float:
 
 # -- database ---------------------------------------------------------------------------------
 class Database:
-    """A throw-away database: a fresh SQLite file, or the dedicated PostgreSQL database
-    ``fleetweb_bench`` (dropped and created again, dropped at the end)."""
+    """A throw-away database: a fresh SQLite file, or the PostgreSQL database the URL names
+    (``fleetweb_bench`` when it names none; dropped and created again, dropped at the end)."""
 
     def __init__(self, url: str | None, workdir: Path):
         self.workdir = workdir
@@ -170,7 +171,11 @@ class Database:
             if p.scheme not in ("postgres", "postgresql", "pgsql"):
                 raise SystemExit(f"--database-url: unsupported scheme {p.scheme!r}")
             self.kind = "postgres"
-            self.url = urlunparse(p._replace(path=f"/{BENCH_DB}"))
+            self.name = p.path.strip("/") or BENCH_DB
+            if self.name in PROTECTED_DBS or not self.name.replace("_", "").isalnum():
+                raise SystemExit(f"--database-url: the bench drops and creates its database; name one of "
+                                 f"its own (e.g. /{BENCH_DB}), not {self.name!r}")
+            self.url = urlunparse(p._replace(path=f"/{self.name}"))
             self.admin_url = urlunparse(p._replace(scheme="postgresql", path="/postgres"))
 
     def _admin(self, sql: str) -> None:
@@ -181,8 +186,8 @@ class Database:
 
     def create(self) -> None:
         if self.kind == "postgres":
-            self._admin(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-            self._admin(f"CREATE DATABASE {BENCH_DB}")
+            self._admin(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+            self._admin(f"CREATE DATABASE {self.name}")
             on_exit(self.drop)
 
     def drop(self) -> None:
@@ -193,14 +198,15 @@ class Database:
                 connections.close_all()
             except Exception:
                 pass
-            self._admin(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+            self._admin(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
 
 
 def bench_env(db_url: str, redis_url: str, workdir: Path, **extra) -> dict:
     env = {**os.environ,
            "DATABASE_URL": db_url,
            "REDIS_URL": redis_url,
-           "FLEET_REDIS_PREFIX": f"fleet-bench-{uuid.uuid4().hex[:8]}",
+           # Each run has its own keys and channels (under $FLEET_REDIS_PREFIX when set).
+           "FLEET_REDIS_PREFIX": f"{os.environ.get('FLEET_REDIS_PREFIX') or 'fleet-bench'}-{uuid.uuid4().hex[:8]}",
            "FLEET_VAR_DIR": str(workdir / "var"),
            "SECRET_KEY": "bench-" + "x" * 40,
            "FLEET_HEARTBEAT_INTERVAL": "86400",
@@ -285,26 +291,75 @@ PARTITIONS = [
 
 
 # -- the server -------------------------------------------------------------------------------
-def start_uvicorn(env: dict, port: int, log_path: Path) -> subprocess.Popen:
+UVICORN_ARGS = ["--ws-max-size", "1048576", "--ws-ping-interval", "30", "--ws-ping-timeout", "120",
+                "--no-access-log", "--loop", "uvloop", "--http", "httptools", "--backlog", "4096"]
+
+
+def start_uvicorn(env: dict, port: int, log_path: Path, *, workers: int = 1) -> subprocess.Popen:
+    """One uvicorn process, or with ``workers`` > 1 uvicorn's supervisor and that many worker
+    processes on one port (``--workers``, as ``make run`` runs FLEET_WEB_PROCESSES): returns once
+    /healthz answers and, with workers, once every worker has started (``worker_pids``)."""
     cmd = [BIN / "uvicorn", "fleetweb.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-           "--ws-max-size", "1048576", "--ws-ping-interval", "30", "--ws-ping-timeout", "120",
-           "--no-access-log", "--loop", "uvloop", "--http", "httptools",
-           "--backlog", "4096"]
+           *UVICORN_ARGS, *(["--workers", str(workers)] if workers > 1 else [])]
     proc = start(cmd, env=env, log_path=log_path)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 60 * workers
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"uvicorn exited with {proc.returncode}; log: {log_path}\n"
                              + tail(log_path))
         try:
             status, _ = asyncio.run(http_request(port, "GET", "/healthz", timeout=2))
-            if status == 200:
+            started = Path(log_path).read_text(errors="replace").count("Application startup complete")
+            if status == 200 and (workers == 1 or (started >= workers and len(worker_pids(proc)) == workers)):
                 return proc
         except OSError:
             pass
         time.sleep(0.2)
     stop(proc)
-    raise SystemExit(f"uvicorn did not answer /healthz within 60 s; log: {log_path}")
+    raise SystemExit(f"uvicorn did not answer /healthz within {60 * workers} s; log: {log_path}")
+
+
+def worker_pids(proc: subprocess.Popen) -> list[int]:
+    """The processes serving requests: uvicorn's workers under its supervisor, or the process itself."""
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    except OSError:
+        return []
+    # multiprocessing's resource tracker is a child too: workers are the ones running uvicorn's server
+    pids = [int(c) for c in children if "multiprocessing.resource_tracker" not in _cmdline(int(c))]
+    return pids or [proc.pid]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def socket_count(pid: int) -> int:
+    """Open sockets of a process (its agent connections, plus a few of its own)."""
+    n = 0
+    try:
+        for fd in os.scandir(f"/proc/{pid}/fd"):
+            try:
+                n += os.readlink(fd.path).startswith("socket:")
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return n
+
+
+def kill_hard(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group (a crash: no shutdown, no close frames) and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
+    if proc in _PROCS:
+        _PROCS.remove(proc)
 
 
 def tail(path: Path, lines: int = 30) -> str:
