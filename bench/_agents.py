@@ -55,6 +55,7 @@ class Swarm:
         self.storm_last_t: float | None = None
         self.storm_done = asyncio.Event()
         self.storm_target = 0
+        self.storm_ms: list[float] = []  # each agent's successful attempt: connect -> policy
 
     def error(self, kind: str, detail: str = "") -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -71,6 +72,7 @@ class Swarm:
     def back(self, t_connected: float, t_answered: float) -> None:
         """One dropped agent is connected again and its hello answered."""
         self.reconnected += 1
+        self.storm_ms.append(round(1000 * (t_answered - t_connected), 1))
         self.storm_first_t = min(self.storm_first_t or t_connected, t_connected)
         self.storm_last_t = max(self.storm_last_t or t_answered, t_answered)
         if self.reconnected >= self.storm_target:
@@ -369,7 +371,7 @@ async def main() -> None:
                 pass
             reply(reconnected=swarm.reconnected, target=swarm.storm_target, dropped=swarm.dropped,
                   attempts=swarm.attempts, failed_attempts=swarm.failed_attempts,
-                  first_t=swarm.storm_first_t, last_t=swarm.storm_last_t)
+                  first_t=swarm.storm_first_t, last_t=swarm.storm_last_t, hello_ms=swarm.storm_ms)
         elif op == "window_start":
             window = Window(swarm, cmd)
             reply(started=window.t0)

@@ -34,6 +34,7 @@ from _common import (  # noqa: E402
     loadavg,
     log,
     new_workdir,
+    pct,
     raise_nofile,
     rss_kib,
     seed_hosts,
@@ -99,6 +100,8 @@ class Swarm:
                         out[key][kind] = out[key].get(kind, 0) + count
             elif key == "first_error":
                 out[key] = values[0] if values else None
+            elif values and isinstance(values[0], list):
+                out[key] = [x for v in values for x in v]
             else:
                 out[key] = values[0] if values else None
         if "hello_s" in out:
@@ -135,8 +138,8 @@ class Swarm:
         return sum(cpu_seconds(proc.pid) for proc in self.procs)
 
 
-def agent_procs(n: int) -> int:
-    return max(1, -(-n // AGENTS_PER_PROCESS))
+def agent_procs(n: int, args) -> int:
+    return max(1, -(-n // args.agents_per_process))
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05):
@@ -212,7 +215,7 @@ def run_fleet(n: int, k: int, env: dict, workdir: Path, args, workers: int = 1) 
     server_log = workdir / f"server-{p}.log"
     server = start_uvicorn(env, port, server_log, workers=workers)
     pids = worker_pids(server)
-    swarm = Swarm(workdir, p, agent_procs(n))
+    swarm = Swarm(workdir, p, agent_procs(n, args))
     try:
         time.sleep(0.5)
         mem0 = memory(pids)
@@ -328,7 +331,7 @@ def run_storm(n: int, env: dict, workdir: Path, args) -> dict:
     port = free_port()
     server_log = workdir / f"server-{p}.log"
     server = start_uvicorn(env, port, server_log)
-    swarm = Swarm(workdir, p, agent_procs(n))
+    swarm = Swarm(workdir, p, agent_procs(n, args))
     try:
         r = swarm.call(cmd="connect", url=f"ws://127.0.0.1:{port}/ws/agent/", secrets=secrets,
                        concurrency=args.connect_concurrency, timeout=120)
@@ -365,6 +368,11 @@ def storm_summary(p: str, r: dict, t_kill: float, t_ready: float, armed: int) ->
     emit(f"{p}_reconnected", r["reconnected"])
     emit(f"{p}_connect_attempts", r["attempts"])
     emit(f"{p}_failed_attempts", r["failed_attempts"])
+    if r.get("hello_ms"):
+        emit(f"{p}_reconnect_hello_p50_ms", pct(r["hello_ms"], 50))
+        emit(f"{p}_reconnect_hello_p99_ms", pct(r["hello_ms"], 99))
+    if r["first_t"] and r["last_t"]:
+        emit(f"{p}_first_to_last_answered_s", r["last_t"] - r["first_t"])
     if r["reconnected"] >= armed and r["last_t"]:
         res["kill_to_all_s"] = r["last_t"] - t_kill
         res["ready_to_all_s"] = r["last_t"] - t_ready
@@ -444,7 +452,7 @@ def run_baseline(n: int, k: int, workdir: Path, args, workers: int = 1) -> dict:
     p = f"baseline_{n}" if workers == 1 else f"baseline_w{workers}_{n}"
     res: dict = {}
     base = Baseline(workdir, p, workers)
-    swarm = Swarm(workdir, p, agent_procs(n))
+    swarm = Swarm(workdir, p, agent_procs(n, args))
     try:
         time.sleep(0.5)
         mem0 = memory(base.pids)
@@ -493,7 +501,7 @@ def run_baseline(n: int, k: int, workdir: Path, args, workers: int = 1) -> dict:
 def run_baseline_storm(n: int, workdir: Path, args) -> dict:
     p = f"baseline_storm_{n}"
     base = Baseline(workdir, p)
-    swarm = Swarm(workdir, p, agent_procs(n))
+    swarm = Swarm(workdir, p, agent_procs(n, args))
     res: dict = {}
     try:
         secrets = [f"fwh_{i:012x}_baseline" for i in range(n)]
@@ -537,6 +545,8 @@ def main() -> None:
                          "(fleetweb_bench if none; dropped and created, dropped at the end)")
     ap.add_argument("--redis-url", default=DEFAULT_REDIS)
     ap.add_argument("--connect-concurrency", type=int, default=256, help="handshakes in flight")
+    ap.add_argument("--agents-per-process", type=int, default=AGENTS_PER_PROCESS,
+                    help="simulated agents per agents process (the open-files limit is per process)")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--baseline-only", action="store_true")
     args = ap.parse_args()
