@@ -154,10 +154,25 @@ def wait_until(predicate, timeout: float, interval: float = 0.05):
     return last, None
 
 
+_LAST_CPU: dict[int, float] = {}
+
+
+def cpu_of(pids) -> float:
+    """CPU seconds of these processes; one that is gone counts with what it had used when last seen."""
+    total = 0.0
+    for pid in pids:
+        try:
+            _LAST_CPU[pid] = cpu_seconds(pid)
+        except OSError:
+            pass
+        total += _LAST_CPU.get(pid, 0.0)
+    return total
+
+
 def phase_cpu(pids, swarm: Swarm):
     """CPU of the server processes (summed) and of the agents during a phase, % of one core."""
     pids = list(pids)
-    server_cpu = lambda: sum(cpu_seconds(pid) for pid in pids)  # noqa: E731
+    server_cpu = lambda: cpu_of(pids)  # noqa: E731
     t, s, c = time.monotonic(), server_cpu(), swarm.cpu()
 
     def done(prefix: str, tag: str) -> None:
@@ -180,16 +195,26 @@ def log_errors(p: str, server_log: Path) -> None:
 
 
 def memory(pids) -> dict:
-    return {pid: (rss_kib(pid), socket_count(pid)) for pid in pids}
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = (rss_kib(pid), socket_count(pid))
+        except OSError:  # a worker uvicorn's supervisor replaced
+            pass
+    return out
 
 
 def emit_memory(p: str, before: dict, connected: int, suffix: str = "") -> float:
     """Server RSS growth per connection: per worker (its own sockets) when there are several."""
     after = memory(before)
-    grown = sum(after[pid][0] - before[pid][0] for pid in before)
+    grown = sum(after[pid][0] - before[pid][0] for pid in after)
+    connected = min(connected, sum(after[pid][1] - before[pid][1] for pid in after)) if len(before) > 1 else connected
     emit(f"{p}_server_rss_kib{suffix}", sum(rss for rss, _ in after.values()))
     if len(before) > 1:
         for i, pid in enumerate(sorted(before)):
+            if pid not in after:
+                emit(f"{p}_worker{i}_connections{suffix}", "gone")
+                continue
             conns = after[pid][1] - before[pid][1]
             emit(f"{p}_worker{i}_connections{suffix}", conns)
             emit(f"{p}_worker{i}_kib_per_conn{suffix}",
@@ -216,6 +241,25 @@ def run_fleet(n: int, k: int, env: dict, workdir: Path, args, workers: int = 1) 
     server = start_uvicorn(env, port, server_log, workers=workers)
     pids = worker_pids(server)
     swarm = Swarm(workdir, p, agent_procs(n, args))
+
+    watched = set(pids)
+
+    def replaced() -> bool:
+        """uvicorn's supervisor kills a worker that misses its health ping (5 s) and starts another:
+        its agents are gone, so a phase waiting for all of them stops at once (the next phases go
+        on with the agents still connected)."""
+        nonlocal watched
+        now = set(worker_pids(server)) if workers > 1 else watched
+        if now != watched:
+            res["workers_replaced"] = res.get("workers_replaced", 0) + len(watched - now)
+            log(f"[{p}] worker(s) {sorted(watched - now)} replaced by {sorted(now - watched)}")
+            watched = now
+            return True
+        return False
+
+    def all_of(count) -> object:
+        return lambda: "replaced" if replaced() else count() >= connected
+
     try:
         time.sleep(0.5)
         mem0 = memory(pids)
@@ -244,8 +288,8 @@ def run_fleet(n: int, k: int, env: dict, workdir: Path, args, workers: int = 1) 
         emit(f"{p}_hello_per_s", res["hello_per_s"])
         rev = group.policy_revision
         # Every agent acknowledges the policy it got with hello: wait until all acks are stored.
-        _, t_ack = wait_until(lambda: hosts.filter(policy_revision=rev).count() >= connected, limit, 0.1)
-        if t_ack:
+        last, t_ack = wait_until(all_of(lambda: hosts.filter(policy_revision=rev).count()), limit, 0.1)
+        if t_ack and last != "replaced":
             res["initial_ack_per_s"] = connected / (t_ack - r["t0"])
             emit(f"{p}_hello_to_all_acked_s", t_ack - r["t0"])
         else:
@@ -255,10 +299,10 @@ def run_fleet(n: int, k: int, env: dict, workdir: Path, args, workers: int = 1) 
         cpu = phase_cpu(pids, swarm)
         t0 = time.monotonic()
         swarm.send(cmd="status", k=k)
-        last, t_done = wait_until(lambda: hosts.filter(status_seq=k).count() >= connected, limit, 0.05)
+        last, t_done = wait_until(all_of(lambda: hosts.filter(status_seq=k).count()), limit, 0.05)
         r = swarm.recv()
         cpu(p, "status")
-        if t_done:
+        if t_done and last != "replaced":
             res["status_per_s"] = connected * k / (t_done - t0)
             emit(f"{p}_status_per_s", res["status_per_s"])
             if workers > 1:
@@ -285,8 +329,8 @@ def run_fleet(n: int, k: int, env: dict, workdir: Path, args, workers: int = 1) 
         group.apply_changes({"channel": target}, actor="bench")
         rev = group.policy_revision
         swarm.send(cmd="wait_policy", revision=rev, timeout=limit)
-        _, t_db = wait_until(lambda: hosts.filter(policy_revision=rev, online=True).count() >= connected,
-                             limit, 0.05)
+        last, t_db = wait_until(all_of(lambda: hosts.filter(policy_revision=rev, online=True).count()), limit, 0.05)
+        t_db = None if last == "replaced" else t_db
         r = swarm.recv()
         cpu(p, "switch")
         if r["last_t"] and r["got"] >= connected:
@@ -309,6 +353,12 @@ def run_fleet(n: int, k: int, env: dict, workdir: Path, args, workers: int = 1) 
         emit(f"{p}_server_kib_per_conn_end", round(res["kib_per_conn_end"], 1))
         log_errors(p, server_log)
     finally:
+        if workers > 1:
+            replaced()
+            emit(f"{p}_workers_replaced", res.get("workers_replaced", 0))
+            if res.get("workers_replaced"):
+                log(f"[{p}] uvicorn replaced {res['workers_replaced']} worker(s) that missed its health ping "
+                    f"(--timeout-worker-healthcheck, 5 s): their agents were disconnected")
         swarm.close()
         stop(server)
     return res
