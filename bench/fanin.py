@@ -295,6 +295,9 @@ def run_fleet(n: int, k: int, env: dict, workdir: Path, args, workers: int = 1) 
         else:
             log(f"[{p}] initial acks incomplete: {hosts.filter(policy_revision=rev).count()}/{connected}")
 
+        if replaced() or res.get("workers_replaced"):  # go on with the agents still connected
+            connected = swarm.call(cmd="stats")["open"]
+            log(f"[{p}] {connected} agents still connected")
         log(f"[{p}] {k} status frames per agent ...")
         cpu = phase_cpu(pids, swarm)
         t0 = time.monotonic()
