@@ -14,7 +14,7 @@ from django.utils.text import slugify
 
 from agent import protocol, signing
 from agent import window as reboot_window
-from fleetweb.core import secrets
+from fleetweb.core import bulk, secrets
 
 from . import policy as policy_extras
 from .choices import EventKind, RebootStrategy
@@ -516,8 +516,6 @@ class HostManager(models.Manager):
         entry.  A batch costs a handful of statements whatever its size: a fleet reconnecting after
         a server restart is not a transaction per host.
         """
-        from django.db import connection
-
         from fleetweb.updates.models import RolloutHost
 
         now = timezone.now()
@@ -553,15 +551,9 @@ class HostManager(models.Manager):
                 results.append(host)
             saved = [h for h in results if isinstance(h, Host)]
             if saved:
-                fields = [self.model._meta.get_field(n) for n in self.HELLO_FIELDS]
-                pk = self.model._meta.pk
-                q = connection.ops.quote_name
-                sql = (f"UPDATE {q(self.model._meta.db_table)} SET "
-                       + ", ".join(f"{q(f.column)} = %s" for f in fields) + f" WHERE {q(pk.column)} = %s")
-                rows = {h.pk: [f.get_db_prep_save(getattr(h, f.attname), connection) for f in fields]
-                        + [pk.get_db_prep_save(h.pk, connection)] for h in saved}
-                with connection.cursor() as cursor:
-                    cursor.executemany(sql, list(rows.values()))
+                bulk.update_rows(self.model, self.HELLO_FIELDS, ("id",),
+                                 [[getattr(h, name) for name in self.HELLO_FIELDS] + [h.pk]
+                                  for h in {h.pk: h for h in saved}.values()])
                 Event.objects.bulk_create(events)
 
                 def notify():

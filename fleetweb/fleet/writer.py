@@ -23,7 +23,9 @@ import asyncio
 import logging
 
 from channels.db import database_sync_to_async
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, transaction
+
+from fleetweb.core import bulk
 
 log = logging.getLogger(__name__)
 
@@ -134,20 +136,11 @@ class StatusWriter(TickWriter):
         from .models import Host
 
         close_old_connections()
-        fields = [Host._meta.get_field(name) for name in FIELDS]
-        pk, conn = Host._meta.pk, Host._meta.get_field("connection_id")
-        table = connection.ops.quote_name(Host._meta.db_table)
-        sets = ", ".join(f"{connection.ops.quote_name(f.column)} = %s" for f in fields)
-        sql = (f"UPDATE {table} SET {sets} WHERE {connection.ops.quote_name(pk.column)} = %s "
-               f"AND {connection.ops.quote_name(conn.column)} = %s")
-        rows = [[f.get_db_prep_save(values[f.name], connection) for f in fields]
-                + [pk.get_db_prep_save(host_id, connection), conn.get_db_prep_save(conn_id, connection)]
-                for (host_id, conn_id), values in batch.items()]
+        rows = [[values[name] for name in FIELDS] + [host_id, conn_id] for (host_id, conn_id), values in batch.items()]
         reports = [(host_id, conn_id, *values["rollout_report"])
                    for (host_id, conn_id), values in batch.items() if "rollout_report" in values]
         with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.executemany(sql, rows)
+            bulk.update_rows(Host, FIELDS, ("id", "connection_id"), rows)
             if reports:
                 RolloutHost.objects.report_statuses(reports)
         asking = {key for key, values in batch.items() if values.get("reconcile")}
@@ -178,15 +171,9 @@ class AckWriter(TickWriter):
             changed = {pk: f for pk, f in latest.items() if pk in current and current[pk] != f["revision"]}
             if not changed:
                 return
-            rev, chan, strat = (Host._meta.get_field(n) for n in ("policy_revision", "channel", "reboot_strategy"))
-            pk = Host._meta.pk
-            q = connection.ops.quote_name
-            sql = (f"UPDATE {q(Host._meta.db_table)} SET {q(rev.column)} = %s, {q(chan.column)} = %s, "
-                   f"{q(strat.column)} = %s WHERE {q(pk.column)} = %s")
-            with connection.cursor() as cursor:
-                cursor.executemany(sql, [[f["revision"], f["channel"], f["reboot_strategy"],
-                                          pk.get_db_prep_save(host_id, connection)]
-                                         for host_id, f in changed.items()])
+            bulk.update_rows(Host, ("policy_revision", "channel", "reboot_strategy"), ("id",),
+                             [[f["revision"], f["channel"], f["reboot_strategy"], host_id]
+                              for host_id, f in changed.items()])
             Event.objects.bulk_create([
                 Event(organization_id=f["organization_id"], kind=EventKind.POLICY_APPLIED, host_id=host_id,
                       group_id=f["group_id"], data=f["data"], created=f["created"],
