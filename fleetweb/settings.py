@@ -299,8 +299,8 @@ FLEET_CREDENTIAL_RECHECK = envint("FLEET_CREDENTIAL_RECHECK", 60)
 
 # cloud-config document budget, per-connection agent rate limits
 # (sec-yaml)
-# Agent websocket frames per connection, per budget (the ``limits`` library's notation, a moving
-# window); over budget the frame is dropped with a warning, and FLEET_AGENT_RATE_TOLERANCE frames in
+# Agent websocket frames per connection, per budget (the ``limits`` library's notation; counted in a
+# leaky bucket per connection, fleetweb/fleet/ratelimit.py); over budget the frame is dropped with a warning, and FLEET_AGENT_RATE_TOLERANCE frames in
 # a row over it close the socket with 4429.  cloud-config limits (nodes, bytes, depth) live in
 # agent/cloudconfig.py.
 FLEET_AGENT_FRAME_LIMITS = {

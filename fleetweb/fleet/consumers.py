@@ -220,7 +220,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
     async def _within_budget(self, frame_type: str) -> bool:
         """Per-connection frame budgets (issue 9 §12): over budget the frame is dropped, the first
         time with a warning; a host that keeps flooding is closed with 4429."""
-        verdict = self.limiter.check(frame_type)
+        verdict = await self.limiter.check(frame_type)
         if verdict == "ok":
             return True
         if verdict == "warn":

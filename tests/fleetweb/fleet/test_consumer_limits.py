@@ -3,6 +3,7 @@
 Both attack tests fail on main before this fix (no budget, any event kind stored)."""
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -65,12 +66,25 @@ async def test_a_frame_flood_is_warned_then_closed_with_4429(host, settings):
     assert stored.status_seq == 5          # only the burst got through
 
 
-def test_the_limiter_warns_once_then_closes(settings):
+async def test_the_limiter_warns_once_then_closes(settings):
     settings.FLEET_AGENT_FRAME_LIMITS = {"hello": "1/hour", "event": "1/hour", "status": "1/hour"}
     settings.FLEET_AGENT_RATE_TOLERANCE = 3
     limiter = FrameLimiter()
-    assert [limiter.check("status") for _ in range(4)] == ["ok", "warn", "drop", "close"]
-    assert limiter.check("event") == "ok"       # budgets are per frame kind
-    assert FrameLimiter().check("status") == "ok"  # and per connection
+    assert [await limiter.check("status") for _ in range(4)] == ["ok", "warn", "drop", "close"]
+    assert await limiter.check("pong") == "close"  # a pong draws from the status budget
+    assert await limiter.check("event") == "ok"       # budgets are per frame kind
+    assert await FrameLimiter().check("status") == "ok"  # and per connection
     limiter.forget()
-    assert limiter.check("status") == "ok"
+    assert await limiter.check("status") == "ok"
+
+
+async def test_a_budget_refills_at_its_rate(settings):
+    """A leaky bucket: after a burst of N, a frame fits again once period / N has passed."""
+    settings.FLEET_AGENT_FRAME_LIMITS = {"hello": "2/second", "event": "2/second", "status": "2/second"}
+    settings.FLEET_AGENT_RATE_TOLERANCE = 100
+    limiter = FrameLimiter()
+    assert [await limiter.check("status") for _ in range(3)] == ["ok", "ok", "warn"]
+    deadline = asyncio.get_running_loop().time() + 30
+    while await limiter.check("status") != "ok":  # refills within half a second: waits for that, never a fixed time
+        assert asyncio.get_running_loop().time() < deadline, "the status budget never refilled"
+        await asyncio.sleep(0.05)
