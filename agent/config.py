@@ -20,7 +20,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from agent import updateconf
+from agent import protocol, updateconf
 from agent.host import Host
 
 try:
@@ -31,7 +31,7 @@ except Exception:  # PackageNotFoundError, or metadata unavailable
 
 DEFAULT_STATE_DIR = "/var/lib/fleet-agent"
 DEFAULT_HEARTBEAT = 30.0
-POLICY_TIMEOUT = 15.0
+POLICY_TIMEOUT = protocol.POLICY_TIMEOUT
 HEARTBEAT_ENV = "FLEET_AGENT_HEARTBEAT"
 
 CREDENTIAL_FILE = "credential"

@@ -18,6 +18,11 @@ CLOSE_REVOKED = 4403        # the credential was revoked, the host deleted or re
 CLOSE_REPLACED = 4409       # a newer connection with the same credential took over
 CLOSE_PROTOCOL = 4400       # too many protocol errors
 CLOSE_RATE_LIMITED = 4429   # frames over the connection's budget: back off before reconnecting
+CLOSE_TRY_AGAIN_LATER = 1013  # the server is overloaded (a reconnect storm): reconnect after the usual backoff
+
+# Seconds an agent waits for the policy after its hello before it gives up and reconnects; the
+# server drops a hello that waited in its queue for nearly that long (nobody is waiting for it).
+POLICY_TIMEOUT = 15.0
 
 # Error codes carried in ``error`` frames.
 ERR_MALFORMED = "malformed"        # not JSON, not an object, no type

@@ -19,12 +19,14 @@ django.setup(set_prefix=False)
 from django.conf import settings  # noqa: E402
 
 from fleetweb.cloudconfig import discovery  # noqa: E402
-from fleetweb.core.lanes import Lanes, SharedLane, answer_despite_a_lost_connection  # noqa: E402
+from fleetweb.core.lanes import (  # noqa: E402
+    Lanes, LoginGate, SharedLane, answer_despite_a_lost_connection, login_refused)
 
 # The concurrency model (fleetweb/core/lanes.py): views run on request lanes, waiting views' short
 # calls on the watch lane, agents on asgiref's shared thread.
 request_lanes = Lanes(settings.FLEET_WEB_THREADS, "fleet-request")
 watch_lane = SharedLane("fleet-watch")
+login_gate = LoginGate()
 
 # Django closes obsolete connections on the request signals, but sends them from whichever thread
 # the event loop hands sync receivers to: here each lane does it for its own connection instead.
@@ -46,6 +48,11 @@ class FleetASGIHandler(django_asgi.ASGIHandler):
         sync_chain = self._middleware_chain
 
         async def on_a_lane(request):
+            if request.method == "POST" and request.path_info == settings.LOGIN_URL:
+                async with login_gate.enter() as admitted:  # a hash slot first, then a lane
+                    if not admitted:
+                        return login_refused()
+                    return await request_lanes.run(answer_despite_a_lost_connection, sync_chain, request)
             return await request_lanes.run(answer_despite_a_lost_connection, sync_chain, request)
 
         self._middleware_chain = on_a_lane

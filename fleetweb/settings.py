@@ -166,6 +166,9 @@ FLEET_HUB_CHANNEL = FLEET_REDIS_PREFIX + ":hub"
 # database connection) and how many password hashes may run at once.
 FLEET_WEB_THREADS = envint("FLEET_WEB_THREADS", 8)
 FLEET_PASSWORD_HASH_CONCURRENCY = envint("FLEET_PASSWORD_HASH_CONCURRENCY", 1)
+# Sign-ins that may wait for a hash slot (on the event loop, holding no request lane); more are
+# answered 429 at once.
+FLEET_LOGIN_QUEUE = envint("FLEET_LOGIN_QUEUE", 32)
 
 CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = None

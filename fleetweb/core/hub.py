@@ -42,6 +42,9 @@ class Hub:
         self._listener: asyncio.Task | None = None
         self._ready: asyncio.Event | None = None
         self._sync_redis = None
+        self._async_redis = None
+        self._outbox: list[str] = []        # messages published from the event loop, not yet sent
+        self._sender: asyncio.Task | None = None
         self.lost = 0  # publishes Redis refused (reconciliation makes them good)
 
     # -- subscribers (consumers, in the event loop) ------------------------------------------
@@ -61,6 +64,7 @@ class Hub:
         if self._loop is not loop:  # first use in this process (or a new loop in tests)
             self._loop = loop
             self._listener = None
+            self._async_redis, self._outbox, self._sender = None, [], None
             self._ready = asyncio.Event()
             if settings.REDIS_URL:
                 self._listener = loop.create_task(self._listen(), name="fleet-hub-listener")
@@ -111,29 +115,56 @@ class Hub:
 
     # -- publishers (any thread, any process) ------------------------------------------------
     def publish(self, key: str, frame: dict) -> None:
-        """Deliver ``frame`` to every socket joined under ``key``, in every web process."""
-        if settings.REDIS_URL:
-            if self._sync_redis is None:
-                self._sync_redis = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
-            try:
-                self._sync_redis.publish(settings.FLEET_HUB_CHANNEL, json.dumps({"key": key, "frame": frame}))
-            except (redis.RedisError, OSError) as exc:
-                self.lost += 1
-                log.warning("hub: could not publish to %s (%s); agents catch up on their next heartbeat", key, exc)
-            return
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return  # no sockets in this process
+        """Deliver ``frame`` to every socket joined under ``key``, in every web process.
+
+        From a thread (views, tasks) the message is sent to Redis before this returns.  From the
+        event loop (a consumer closing the host's older socket) it is queued and the messages queued
+        together go out in one pipeline: a reconnect storm of 10,000 sockets must not make 10,000
+        blocking Redis round trips on the loop that serves them."""
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
+        if settings.REDIS_URL:
+            message = json.dumps({"key": key, "frame": frame})
+            if running is not None and running is self._loop:
+                self._outbox.append(message)
+                if self._sender is None or self._sender.done():
+                    self._sender = running.create_task(self._send_outbox(), name="fleet-hub-publisher")
+                return
+            if self._sync_redis is None:
+                self._sync_redis = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+            try:
+                self._sync_redis.publish(settings.FLEET_HUB_CHANNEL, message)
+            except (redis.RedisError, OSError) as exc:
+                self._lost(1, key, exc)
+            return
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return  # no sockets in this process
         if running is loop:
             self._deliver(key, frame)
         else:
             # A fresh context: the caller's (a sync view's thread) must not leak into the loop, or
             # the consumers' database calls would think they run inside that thread.
             loop.call_soon_threadsafe(self._deliver, key, frame, context=contextvars.Context())
+
+    async def _send_outbox(self) -> None:
+        while self._outbox:
+            batch, self._outbox = self._outbox, []
+            if self._async_redis is None:
+                self._async_redis = aioredis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+            try:
+                async with self._async_redis.pipeline(transaction=False) as pipe:
+                    for message in batch:
+                        pipe.publish(settings.FLEET_HUB_CHANNEL, message)
+                    await pipe.execute()
+            except (redis.RedisError, OSError) as exc:
+                self._lost(len(batch), "several keys" if len(batch) > 1 else json.loads(batch[0])["key"], exc)
+
+    def _lost(self, count: int, key: str, exc: Exception) -> None:
+        self.lost += count
+        log.warning("hub: could not publish to %s (%s); agents catch up on their next heartbeat", key, exc)
 
     def close(self, key: str, code: int, reason: str, keep: str | None = None) -> None:
         """Close every socket joined under ``key`` (in every web process) with ``code``, except one

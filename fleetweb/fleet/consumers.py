@@ -22,7 +22,7 @@ from fleetweb.core.hub import CLOSE_FRAME, hub
 from . import sweeper
 from .choices import EventKind
 from .ratelimit import FrameLimiter
-from .writer import acks, hellos, logins, writer
+from .writer import Overloaded, acks, hellos, logins, writer
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,10 @@ MAX_PROTOCOL_ERRORS = 50
 RESEND_AFTER_HEARTBEATS = 2
 RESEND_AFTER_SECONDS = 1.0
 HOST_SECRET_FIELDS = ("etcd_username", "etcd_password")  # only ever in frames meant for one host
+# A socket that connects while the hellos already queued would take longer than this to answer is
+# closed at once with 1013 (try again later): the agent reconnects after its jittered backoff instead
+# of waiting out its policy timeout in a queue it makes longer (issue 10 §5).
+HELLO_BACKLOG_LIMIT = protocol.POLICY_TIMEOUT - 5.0
 
 
 def _bearer(scope) -> str | None:
@@ -73,6 +77,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.sent: dict = {}         # ("policy", revision) / ("update", rollout) -> heartbeats when sent
         self.reported_revision = None
         self.reported_rollout = None
+        if hellos.backlog() > HELLO_BACKLOG_LIMIT:
+            await self.accept()
+            await self.close(code=protocol.CLOSE_TRY_AGAIN_LATER)
+            return
         secret = _bearer(self.scope)
         host = await logins.authenticate(secret) if secret else None
         await self.accept()
@@ -242,7 +250,11 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self.close(code=protocol.CLOSE_PROTOCOL)
 
     async def on_hello(self, msg):
-        policy, update, host = await hellos.connect(self.host_id, self.connection_id, msg)
+        try:
+            policy, update, host = await hellos.connect(self.host_id, self.connection_id, msg)
+        except Overloaded:  # the agent stopped waiting for this answer
+            await self.close(code=protocol.CLOSE_TRY_AGAIN_LATER)
+            return
         self.hostname = host.hostname
         self.state = {"update_status": host.update_status, "version": host.version,
                       "partitions": host.partitions, "status_seq": host.status_seq}

@@ -25,6 +25,7 @@ import logging
 from channels.db import database_sync_to_async
 from django.db import close_old_connections, transaction
 
+from agent.protocol import POLICY_TIMEOUT
 from fleetweb.core import bulk
 
 log = logging.getLogger(__name__)
@@ -184,40 +185,74 @@ class AckWriter(TickWriter):
             transaction.on_commit(lambda: [live.to_ui(org, {"kind": "host", "host": str(h)}) for org, h in notices])
 
 
+class Overloaded(Exception):
+    """A request waited in a batcher's queue longer than its caller waits for the answer."""
+
+
 class Batcher:
     """Requests that arrive together are handled in one transaction and each caller awaits its own
     answer (unlike the writers above, whose callers do not wait).  With ``tick`` 0 a batch starts
     at once and whatever arrives while it runs forms the next one: no added latency when idle,
-    large batches under load."""
+    large batches under load.
+
+    ``max_wait``: a request queued longer than that is not handled but answered with ``Overloaded``
+    (its caller has given up by then: in a reconnect storm, answering abandoned hellos is what
+    kept the queue long).  ``backlog()`` estimates how long a request queued now would wait, from
+    the queue's length and the rate the last batches were handled at."""
 
     tick = 0.0
     limit = 1000
+    max_wait: float | None = None
 
     def __init__(self):
         self._pending: list = []
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._rate: float | None = None  # requests handled per second, smoothed over recent batches
+        self.overloaded = 0              # requests answered with Overloaded
 
     async def submit(self, item):
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            self._loop, self._task, self._pending = loop, None, []
+            self._loop, self._task, self._pending, self._rate = loop, None, [], None
         fut = loop.create_future()
-        self._pending.append((item, fut))
+        self._pending.append((item, fut, loop.time()))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run())
         return await fut
 
+    def backlog(self) -> float:
+        """Seconds a request queued now would wait (0 until a batch has been measured)."""
+        if not self._pending or not self._rate:
+            return 0.0
+        return len(self._pending) / self._rate
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._pending:
             await asyncio.sleep(self.tick)
+            if self.max_wait is not None:
+                now = loop.time()
+                stale = [entry for entry in self._pending if now - entry[2] > self.max_wait]
+                if stale:
+                    self._pending = [entry for entry in self._pending if now - entry[2] <= self.max_wait]
+                    self.overloaded += len(stale)
+                    for _item, fut, _at in stale:
+                        if not fut.done():
+                            fut.set_exception(Overloaded(f"waited over {self.max_wait:.0f} s for the server"))
+            if not self._pending:
+                break
             batch, self._pending = self._pending[:self.limit], self._pending[self.limit:]
+            started = loop.time()
             try:
-                results = await database_sync_to_async(self._write)([item for item, _ in batch])
+                results = await database_sync_to_async(self._write)([item for item, _fut, _at in batch])
             except Exception as exc:
                 log.exception("%s: a batch of %d failed", type(self).__name__, len(batch))
                 results = [exc] * len(batch)
-            for (_item, fut), result in zip(batch, results, strict=True):
+            else:
+                rate = len(batch) / max(loop.time() - started, 1e-3)
+                self._rate = rate if self._rate is None else 0.5 * self._rate + 0.5 * rate
+            for (_item, fut, _at), result in zip(batch, results, strict=True):
                 if fut.done():
                     continue
                 if isinstance(result, BaseException):
@@ -232,9 +267,11 @@ class Batcher:
 
 class HelloBatcher(Batcher):
     """Hellos within one short tick are recorded together (``Host.objects.connect_many``); the
-    answer each consumer waits for is its policy."""
+    answer each consumer waits for is its policy.  An agent gives up on a hello after its
+    ``POLICY_TIMEOUT`` (15 s) and reconnects: a hello queued longer than ``max_wait`` is dropped."""
 
     tick = 0.01
+    max_wait = POLICY_TIMEOUT - 3.0
 
     async def connect(self, host_id, connection_id, msg: dict):
         return await self.submit((host_id, connection_id, msg))

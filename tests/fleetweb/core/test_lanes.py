@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+from urllib.parse import urlencode
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -12,6 +14,7 @@ from channels.testing import HttpCommunicator, WebsocketCommunicator
 from django.test import override_settings
 
 from fleetweb import asgi
+from fleetweb.core import hashers
 from tests.conftest import partitions
 
 from . import lanes_urls
@@ -106,3 +109,53 @@ async def test_a_request_whose_database_connection_is_cut_is_not_answered_500(me
     # The lane serves the next request on a fresh connection.
     after = await get("/_test/session").get_response(timeout=60)
     assert after["status"] == 200
+
+
+def _login_form(body: bytes, headers) -> tuple[str, str]:
+    """The CSRF cookie and form token of the login page, as a browser would send them back."""
+    cookie = next(v.decode() for k, v in headers if k.lower() == b"set-cookie" and v.startswith(b"csrftoken="))
+    token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', body).group(1).decode()
+    return cookie.split(";", 1)[0], token
+
+
+async def test_sign_ins_wait_for_a_hash_slot_without_holding_request_lanes(settings):
+    """A login flood: sign-ins wait for the hash slot on the event loop, the API and pages keep their
+    lanes, and past FLEET_LOGIN_QUEUE a sign-in is refused at once.  Before the login gate every
+    waiting sign-in held a lane, and with more of them than lanes nothing else was answered."""
+    size = asgi.request_lanes.size
+    settings.FLEET_PASSWORD_HASH_CONCURRENCY = 1
+    settings.FLEET_LOGIN_QUEUE = size + 2
+    settings.AXES_FAILURE_LIMIT = 100  # the lockout is tested elsewhere: here every attempt reaches the hash
+    page = await HttpCommunicator(asgi.application, "GET", "/login/",
+                                  headers=[(b"host", b"localhost")]).get_response(timeout=60)
+    cookie, token = _login_form(page["body"], page["headers"])
+
+    def sign_in():
+        form = urlencode({"csrfmiddlewaretoken": token, "username": "nobody", "password": "wrong-passphrase"})
+        return HttpCommunicator(asgi.application, "POST", "/login/", body=form.encode(), headers=[
+            (b"host", b"localhost"), (b"cookie", cookie.encode()),
+            (b"content-type", b"application/x-www-form-urlencoded")]).get_response(timeout=120)
+
+    slot = hashers.hash_slots()
+    assert slot.acquire(timeout=60)  # the hash slot is busy: the first sign-in to get in waits on it
+    try:
+        admitted = [asyncio.ensure_future(sign_in()) for _ in range(size + 3)]
+        deadline = asyncio.get_running_loop().time() + 60
+        while asgi.login_gate.waiting < size + 2:  # one holds the gate, the others queue before it
+            assert asyncio.get_running_loop().time() < deadline, f"{asgi.login_gate.waiting} sign-ins queued"
+            await asyncio.sleep(0.01)
+        assert asgi.request_lanes.busy <= 1
+
+        refused = await sign_in()
+        assert refused["status"] == 429
+        assert {k.lower(): v for k, v in refused["headers"]}[b"retry-after"] == b"5"
+        assert b"Too many sign-in attempts" in refused["body"]
+
+        answered = await get("/_test/session").get_response(timeout=60)  # a lane is free for it
+        assert answered["status"] == 200
+        assert not any(task.done() for task in admitted)
+    finally:
+        slot.release()
+    responses = await asyncio.gather(*admitted)
+    assert [r["status"] for r in responses] == [200] * (size + 3)  # the form again, with its error
+    assert all(b"Please enter a correct" in r["body"] for r in responses)
