@@ -19,8 +19,7 @@ django.setup(set_prefix=False)
 from django.conf import settings  # noqa: E402
 
 from fleetweb.cloudconfig import discovery  # noqa: E402
-from fleetweb.core.lanes import (  # noqa: E402
-    Lanes, LoginGate, SharedLane, answer_despite_a_lost_connection, login_refused)
+from fleetweb.core.lanes import Lanes, LoginGate, SharedLane, answer_despite_a_lost_connection, login_refused  # noqa: E402
 
 # The concurrency model (fleetweb/core/lanes.py): views run on request lanes, waiting views' short
 # calls on the watch lane, agents on asgiref's shared thread.
