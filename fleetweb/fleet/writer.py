@@ -111,7 +111,7 @@ class StatusWriter(TickWriter):
 
     A heartbeat that asks for reconciliation (``reconcile`` in its fields) gets, after the write,
     what the server expects of that host (``Host.objects.expected_state``) handed to the listener
-    its connection registered (``listen``): the consumer compares it with what the agent reported
+    its connection registered (``listen``, a plain function called on the event loop): the consumer compares it with what the agent reported
     and resends what the agent missed."""
 
     def __init__(self, tick: float = 0.05):
@@ -128,7 +128,10 @@ class StatusWriter(TickWriter):
         for key, expected in results.items():
             callback = self._listeners.get(key)
             if callback is not None:
-                asyncio.ensure_future(callback(expected))
+                try:
+                    callback(expected)
+                except Exception:  # one socket's bug must not stop the others' reconciliation
+                    log.exception("reconciliation of host %s failed", key[0])
 
     @staticmethod
     def _write(batch: dict) -> dict:
