@@ -300,7 +300,7 @@ def start_uvicorn(env: dict, port: int, log_path: Path, *, workers: int = 1) -> 
     processes on one port (``--workers``, as ``make run`` runs FLEET_WEB_PROCESSES): returns once
     /healthz answers and, with workers, once every worker has started (``worker_pids``)."""
     cmd = [BIN / "uvicorn", "fleetweb.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-           *UVICORN_ARGS, *(["--workers", str(workers)] if workers > 1 else [])]
+           *UVICORN_ARGS, *(["--workers", str(workers), "--timeout-worker-healthcheck", "60"] if workers > 1 else [])]
     proc = start(cmd, env=env, log_path=log_path)
     deadline = time.monotonic() + 60 * workers
     while time.monotonic() < deadline:

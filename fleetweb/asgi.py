@@ -4,6 +4,7 @@ import os
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fleetweb.settings")
 
 import asyncio  # noqa: E402
+import gc  # noqa: E402
 import tempfile  # noqa: E402
 
 import django  # noqa: E402
@@ -132,6 +133,12 @@ router = ProtocolTypeRouter({
     "http": BodyLimit(http),
     "websocket": URLRouter(agent_routes + ui_routes),
 })
+
+
+# Everything imported so far lives as long as the process: out of the collector's sight, a full
+# collection scans only what connections and requests allocate (at 10,000 agents a full collection
+# of the whole heap took up to a second, long enough for uvicorn's supervisor to miss a health ping).
+gc.freeze()
 
 
 async def application(scope, receive, send):

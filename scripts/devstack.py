@@ -106,11 +106,16 @@ def web_processes(environ=os.environ) -> int:
     return n
 
 
+# uvicorn's supervisor kills a worker that does not answer its health ping within this many seconds
+# (its default, 5, killed workers holding 10,000 agents during a garbage collection: README, Concurrency).
+WORKER_HEALTHCHECK_TIMEOUT = 60
+
+
 def web_command(port: int, processes: int) -> list[str]:
     """uvicorn's own supervisor: one listening socket, PROCESSES worker processes accepting on it,
     each restarted when it dies (see README, Processes)."""
     return [str(BIN / "uvicorn"), "fleetweb.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", str(processes),
+            "--workers", str(processes), "--timeout-worker-healthcheck", str(WORKER_HEALTHCHECK_TIMEOUT),
             "--ws-max-size", "1048576", "--ws-ping-interval", "30", "--ws-ping-timeout", "120"]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
 
 
 def update_rows(model, set_fields: Sequence[str], where_fields: Sequence[str], rows: Sequence[Sequence]) -> None:
@@ -22,6 +22,9 @@ def update_rows(model, set_fields: Sequence[str], where_fields: Sequence[str], r
     rows may select the same one."""
     if not rows:
         return
+    # The connection itself, not django.db.connection: that proxy looks up the thread's connection
+    # on every attribute, and preparing 5,000 rows reads it 40,000 times.
+    connection = connections[DEFAULT_DB_ALIAS]
     meta = model._meta
     sets = [meta.get_field(name) for name in set_fields]
     wheres = [meta.get_field(name) for name in where_fields]
