@@ -247,6 +247,9 @@ class Agent:
         except ConnectionClosed as exc:
             if is_auth_close(exc):
                 raise
+            if close_code(exc) == protocol.CLOSE_TRY_AGAIN_LATER:
+                log.warning("server busy (%s, try again later); reconnecting after the backoff",
+                            protocol.CLOSE_TRY_AGAIN_LATER)
             if is_rate_limited_close(exc):
                 log.error("server closed with %s (too many frames); backing off", protocol.CLOSE_RATE_LIMITED)
                 self.backoff.rate_limited()

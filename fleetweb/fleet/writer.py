@@ -219,10 +219,13 @@ class Batcher:
         if self._loop is not loop:
             self._loop, self._task, self._pending, self._rate = loop, None, [], None
         fut = loop.create_future()
-        self._pending.append((item, fut, loop.time()))
+        self._pending.append((item, fut, self._now()))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run())
         return await fut
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
 
     def backlog(self) -> float:
         """Seconds a request queued now would wait (0 until a batch has been measured)."""
@@ -231,11 +234,10 @@ class Batcher:
         return len(self._pending) / self._rate
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._pending:
             await asyncio.sleep(self.tick)
             if self.max_wait is not None:
-                now = loop.time()
+                now = self._now()
                 stale = [entry for entry in self._pending if now - entry[2] > self.max_wait]
                 if stale:
                     self._pending = [entry for entry in self._pending if now - entry[2] <= self.max_wait]
@@ -246,14 +248,14 @@ class Batcher:
             if not self._pending:
                 break
             batch, self._pending = self._pending[:self.limit], self._pending[self.limit:]
-            started = loop.time()
+            started = self._now()
             try:
                 results = await database_sync_to_async(self._write)([item for item, _fut, _at in batch])
             except Exception as exc:
                 log.exception("%s: a batch of %d failed", type(self).__name__, len(batch))
                 results = [exc] * len(batch)
             else:
-                rate = len(batch) / max(loop.time() - started, 1e-3)
+                rate = len(batch) / max(self._now() - started, 1e-3)
                 self._rate = rate if self._rate is None else 0.5 * self._rate + 0.5 * rate
             for (_item, fut, _at), result in zip(batch, results, strict=True):
                 if fut.done():
