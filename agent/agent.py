@@ -295,11 +295,14 @@ class Agent:
 
     async def send_status(self) -> None:
         partitions = await asyncio.to_thread(self.host.partitions)
+        synced = (await asyncio.to_thread(cloudapply.load_state, self.config.state_dir)).get("seen")
         self.seq += 1
         revision = self.state.get("policy_revision")
+        # What was applied, so that the server resends what a lost push should have brought.
+        applied = {**({"policy_revision": revision} if isinstance(revision, int) else {}),
+                   **({"cloud_config_revision": synced} if isinstance(synced, int) else {})}
         await self.send("status", **self.engine.fields(), version=self.host.active_version(partitions),
-                        partitions=partitions, seq=self.seq,
-                        **({"policy_revision": revision} if isinstance(revision, int) else {}))
+                        partitions=partitions, seq=self.seq, **applied)
         log.debug("sent status #%d", self.seq)
 
     async def _send_soft(self, text: str) -> bool:

@@ -101,6 +101,7 @@ MESSAGES: dict[str, dict[str, dict[str, tuple[tuple[type, ...], bool]]]] = {
             "rollout": (_INT, False),
             "target_version": (_OPT_STR, False),
             "policy_revision": (_INT, False),     # the policy revision applied (the server resends a newer one)
+            "cloud_config_revision": (_INT, False),  # the policy's cloud_config_revision last synced (idem)
         },
         "event": {
             # policy_applied, update_installed, booted_new_version, rollback, update_error,

@@ -11,4 +11,5 @@ class CloudconfigConfig(AppConfig):
         from . import signals
 
         policy.contributor(signals.policy_fields)
+        policy.reported_contributor(signals.reported_fields)
         signals.connect()

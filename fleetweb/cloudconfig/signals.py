@@ -24,6 +24,14 @@ def policy_fields(group) -> dict:
             "cloud_config_url": settings.FLEET_PUBLIC_URL + reverse("api:agent-cloud-config")}
 
 
+def reported_fields(group) -> dict:
+    """What an agent reports back of this domain's policy fields (the revision it last synced):
+    reconciliation resends the policy when a cloud-config change's push was lost."""
+    from .models import CloudConfig
+
+    return {"cloud_config_revision": CloudConfig.objects.group_revision(group)}
+
+
 def on_event(sender, instance, created, **kwargs) -> None:
     if not created or not instance.host_id or (instance.data or {}).get("kind") != APPLIED_EVENT:
         return

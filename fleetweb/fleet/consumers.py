@@ -6,6 +6,7 @@ protocol module, persists host state, and relays policy/commands from the per-pr
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import uuid
@@ -65,6 +66,13 @@ def _event_time(at):
     return when if now - timedelta(days=1) <= when <= now else now
 
 
+@functools.lru_cache(maxsize=16)
+def _broadcast_frame(text: str) -> dict:
+    """A group broadcast, parsed once for all the sockets of the group it reaches, not once per
+    socket (a switch of a 10,000-host group).  Read only: callers must not change it."""
+    return json.loads(text)
+
+
 class AgentConsumer(AsyncWebsocketConsumer):
     # Agents do not join channel-layer groups: the hub fans frames out per process.
     channel_layer_alias = "agents-use-the-hub"
@@ -86,7 +94,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.errors = 0
         self.host_secrets: dict = {}
         self.heartbeats = 0          # status frames received on this socket
-        self.sent: dict = {}         # ("policy", revision) / ("update", rollout) -> heartbeats when sent
+        self.sent: dict = {}         # "policy" / "update" -> (what, heartbeats, time) of the last one sent
+        self.reported_cloud_config = None
         self.reported_revision = None
         self.reported_rollout = None
         if hellos.backlog() > HELLO_BACKLOG_LIMIT:
@@ -107,8 +116,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.hostname = host.hostname
         self.connection_id = uuid.uuid4()
         self.limiter = FrameLimiter()
-        self.state = {"update_status": host.update_status, "version": host.version,
-                      "partitions": host.partitions, "status_seq": host.status_seq}
+        self.state = {"update_status": host.update_status, "version": host.version, "status_seq": host.status_seq}
         await hub.join(f"host:{self.host_id}", self._from_host_key)
         await hub.join(f"group:{self.group_id}", self._send_text)
         writer.listen(self.host_id, self.connection_id, self._reconcile)
@@ -138,26 +146,30 @@ class AgentConsumer(AsyncWebsocketConsumer):
     async def _send_text(self, text: str) -> None:
         """A group broadcast: a policy frame gets this host's own etcd credentials added (a group's
         frame never carries any, issue 9 §8)."""
-        if '"type":"policy"' in text.replace(" ", ""):
-            frame = json.loads(text)
-            if frame.get("type") == "policy":
-                self._sending(frame)
-                if self.host_secrets:
-                    text = json.dumps({**frame, **self.host_secrets}, separators=(",", ":"))
+        frame = _broadcast_frame(text)
+        if frame.get("type") == "policy":
+            self._sending(frame)
+            if self.host_secrets:
+                text = json.dumps({**frame, **self.host_secrets}, separators=(",", ":"))
         await self.send(text_data=text)
 
     def _sending(self, frame: dict) -> None:
         """Remember which policy revision / grant this socket carried (for reconciliation)."""
         now = asyncio.get_running_loop().time()
         if frame.get("type") == "policy":
-            self.sent[("policy", frame.get("revision"))] = (self.heartbeats, now)
+            self.sent["policy"] = ((frame.get("revision"), frame.get("cloud_config_revision")), self.heartbeats, now)
         elif frame.get("type") == "update":
-            self.sent[("update", frame.get("rollout"))] = (self.heartbeats, now)
+            self.sent["update"] = (frame.get("rollout"), self.heartbeats, now)
 
-    def _missed(self, key) -> bool:
-        if key not in self.sent:
+    def _missed(self, kind: str, carried) -> bool:
+        """Did this socket not carry ``carried`` (of the last ``kind`` frame it sent: "policy" →
+        (revision, cloud-config revision), "update" → rollout), or carry it long enough ago that
+        the agent should have reported it?  Only the last frame of each kind is remembered: a
+        socket open for months keeps two entries."""
+        last = self.sent.get(kind)
+        if last is None or last[0] != carried:
             return True
-        heartbeats, at = self.sent[key]
+        _carried, heartbeats, at = last
         return (self.heartbeats - heartbeats >= RESEND_AFTER_HEARTBEATS
                 and asyncio.get_running_loop().time() - at >= RESEND_AFTER_SECONDS)
 
@@ -170,13 +182,16 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if self.host_id is None or not self.ready:
             return
         revision = expected["revision"]
-        policy = self.reported_revision != revision and self._missed(("policy", revision))
+        cloud_config = expected["reported"].get("cloud_config_revision")
+        policy = ((self.reported_revision != revision
+                   or (self.reported_cloud_config is not None and self.reported_cloud_config != cloud_config))
+                  and self._missed("policy", (revision, cloud_config)))
         rollout = None
         grant = expected.get("grant")
         if grant is not None:
             rollout_id, version = grant
             idle = self.state["update_status"] == "IDLE" and self.reported_rollout is None
-            if idle and self.state["version"] != version and self._missed(("update", rollout_id)):
+            if idle and self.state["version"] != version and self._missed("update", rollout_id):
                 rollout = rollout_id
         if policy or rollout is not None:
             asyncio.ensure_future(self._resend(policy, rollout))
@@ -271,8 +286,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self.close(code=protocol.CLOSE_TRY_AGAIN_LATER)
             return
         self.hostname = host.hostname
-        self.state = {"update_status": host.update_status, "version": host.version,
-                      "partitions": host.partitions, "status_seq": host.status_seq}
+        self.state = {"update_status": host.update_status, "version": host.version, "status_seq": host.status_seq}
         self.ready = True
         self._remember_secrets(policy)
         self.reported_revision = msg.get("policy_revision")
@@ -287,21 +301,22 @@ class AgentConsumer(AsyncWebsocketConsumer):
         st["update_status"] = msg["update_status"]
         if "version" in msg:
             st["version"] = (msg["version"] or "")[:64]
-        if "partitions" in msg:
-            st["partitions"] = msg["partitions"]
         st["status_seq"] = msg.get("seq", st["status_seq"] + 1)
         self.heartbeats += 1
         self.reported_rollout = msg.get("rollout")
         if "policy_revision" in msg:
             self.reported_revision = msg["policy_revision"]
+        if "cloud_config_revision" in msg:
+            self.reported_cloud_config = msg["cloud_config_revision"]
         fields = {**st, "last_seen": timezone.now(), "online": True, "reconcile": True}
+        if "partitions" in msg:  # written, not kept: the socket holds only what reconciliation reads
+            fields["partitions"] = msg["partitions"]
         if "rollout" in msg:  # update progress: moves the rollout entry in the same group commit
             fields["rollout_report"] = (msg["rollout"], msg["update_status"], msg.get("progress"))
         await writer.submit(self.host_id, self.connection_id, fields)
 
     async def on_pong(self, msg):
-        await writer.submit(self.host_id, self.connection_id,
-                            {**self.state, "last_seen": timezone.now(), "online": True})
+        await writer.submit(self.host_id, self.connection_id, {"last_seen": timezone.now(), "online": True})
 
     async def on_event(self, msg):
         if msg["kind"] not in protocol.AGENT_EVENT_KINDS:

@@ -587,11 +587,16 @@ class HostManager(models.Manager):
     def expected_state(self, host_ids) -> dict:
         """What the server expects of each host's agent, for reconciliation on heartbeats (issue 10
         §3): ``{host_id: {"revision": its group's policy revision, "grant": (rollout id, version) of
-        an unfinished grant or None}}``.  Two queries for a whole batch of heartbeats."""
+        an unfinished grant or None, "reported": {policy field: value} of the fields agents report
+        back (the cloud-config revision)}}``.  A few queries for a whole batch of heartbeats: three,
+        and one per group for the reported fields."""
         from fleetweb.updates.models import RolloutHost
 
-        out = {pk: {"revision": revision, "grant": None}
-               for pk, revision in self.filter(pk__in=host_ids).values_list("pk", "group__policy_revision")}
+        rows = list(self.filter(pk__in=host_ids).values_list("pk", "group_id", "group__policy_revision"))
+        reported = {group.pk: policy_extras.reported_fields(group)
+                    for group in Group.objects.filter(pk__in={group_id for _pk, group_id, _rev in rows})}
+        out = {pk: {"revision": revision, "grant": None, "reported": reported.get(group_id, {})}
+               for pk, group_id, revision in rows}
         for rh in RolloutHost.objects.in_flight_for_hosts(list(out)):
             if out[rh.host_id]["grant"] is None:  # newest first
                 out[rh.host_id]["grant"] = (rh.rollout_id, rh.rollout.release.version)

@@ -27,6 +27,24 @@ def host_contributor(func: Callable) -> Callable:
     return func
 
 
+_reported_contributors: list[Callable] = []
+
+
+def reported_contributor(func: Callable) -> Callable:
+    """Fields of a group's policy that agents report back in their heartbeats (what they applied),
+    so that reconciliation resends the policy to an agent still behind on one of them."""
+    if func not in _reported_contributors:
+        _reported_contributors.append(func)
+    return func
+
+
+def reported_fields(group) -> dict:
+    fields: dict = {}
+    for func in _reported_contributors:
+        fields.update(func(group) or {})
+    return fields
+
+
 def host_fields(host) -> dict:
     fields: dict = {}
     for func in _host_contributors:

@@ -30,6 +30,7 @@ from fleetweb.core import bulk
 
 log = logging.getLogger(__name__)
 
+# The columns a submitted frame may set; each frame sets those it carries (a pong: last_seen, online).
 FIELDS = ("last_seen", "update_status", "version", "partitions", "status_seq", "online")
 # Keys of a submitted frame's fields that are not columns: ``rollout_report`` and ``reconcile``.
 
@@ -140,11 +141,15 @@ class StatusWriter(TickWriter):
         from .models import Host
 
         close_old_connections()
-        rows = [[values[name] for name in FIELDS] + [host_id, conn_id] for (host_id, conn_id), values in batch.items()]
+        by_columns: dict[tuple, list] = {}  # a pong carries two columns, a status frame four or five
+        for (host_id, conn_id), values in batch.items():
+            columns = tuple(name for name in FIELDS if name in values)
+            by_columns.setdefault(columns, []).append([values[name] for name in columns] + [host_id, conn_id])
         reports = [(host_id, conn_id, *values["rollout_report"])
                    for (host_id, conn_id), values in batch.items() if "rollout_report" in values]
         with transaction.atomic():
-            bulk.update_rows(Host, FIELDS, ("id", "connection_id"), rows)
+            for columns, rows in by_columns.items():
+                bulk.update_rows(Host, columns, ("id", "connection_id"), rows)
             if reports:
                 RolloutHost.objects.report_statuses(reports)
         asking = {key for key, values in batch.items() if values.get("reconcile")}

@@ -18,12 +18,13 @@ from tests.etcd_cluster import EtcdCluster
 
 
 def history(endpoints, key) -> list[dict]:
-    """Every value the key ever had, in revision order (an etcd watch from revision 1)."""
+    """Every value the key ever had, in revision order (an etcd watch from the key's creation: the
+    test etcd is shared, and another test may have compacted its history before this key existed)."""
     client = make_client(endpoints)
     try:
         value, meta = client.get(key)
         last = meta.mod_revision
-        events, cancel = client.watch(key, start_revision=1)
+        events, cancel = client.watch(key, start_revision=meta.create_revision)
         values = []
         for event in events:
             values.append(json.loads(event.value))

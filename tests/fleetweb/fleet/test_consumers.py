@@ -145,3 +145,21 @@ async def test_a_hosts_status_is_stored_before_an_event_it_sent_afterwards(host,
     assert stored.version == "200.0.0" and stored.status_seq == 3
     assert [p["label"] for p in stored.partitions if p["active"]] == ["USR-B"]
     await comm.disconnect()
+
+
+async def test_a_frame_writes_only_what_it_carries(host):
+    """A status frame without partitions and a pong leave the stored partitions alone (the socket
+    no longer keeps a copy of them to write back), and a status with partitions replaces them."""
+    comm = await connect(host.credential)
+    await comm.send_to(text_data=json.dumps(hello()))
+    assert json.loads(await comm.receive_from())["type"] == "policy"
+    booted = partitions()
+    booted[0]["version"] = "101.0.0"
+    await comm.send_to(text_data=protocol.encode("status", "agent", update_status="IDLE", seq=1, partitions=booted))
+    await comm.send_to(text_data=protocol.encode("status", "agent", update_status="IDLE", seq=2, version="100.0.0"))
+    await comm.send_to(text_data=protocol.encode("pong", "agent", nonce="n"))
+    await comm.disconnect()  # flushes this socket's frames before the host is marked offline
+    stored = await Host.objects.aget(pk=host.pk)
+    assert stored.status_seq == 2
+    assert stored.partitions == booted
+    assert (stored.version, stored.update_status, stored.online) == ("100.0.0", "IDLE", False)

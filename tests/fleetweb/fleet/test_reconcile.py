@@ -151,3 +151,40 @@ async def test_an_agent_that_reports_the_current_revision_is_sent_nothing_again(
     resent = await next_frame(comm, "policy")
     assert (resent["revision"], resent["channel"]) == (policy["revision"] + 1, "beta")
     await comm.disconnect()
+
+
+async def test_a_cloud_config_change_pushed_while_redis_is_down_reaches_the_agent_by_its_heartbeats(
+        private_redis, host):
+    """A cloud-config change moves no policy revision: its push is a policy frame with a new
+    ``cloud_config_revision``, and the agent reports the one it last synced in its heartbeats."""
+    from fleetweb.cloudconfig.models import CloudConfig
+
+    comm = await connect(host.credential)
+    await comm.send_to(text_data=json.dumps(hello()))
+    first = await next_frame(comm, "policy")
+    synced = first["cloud_config_revision"]
+    stop(private_redis)
+
+    def change_the_group_document():
+        doc = CloudConfig.objects.for_group(host.group)
+        return doc.save_content("#cloud-config\nhostname: renamed\n", None)
+
+    revision = await sync_to_async(change_the_group_document)()
+    assert revision is not None and revision.pk != synced
+    assert hub.lost >= 1  # its push was lost with Redis
+
+    # The agent still reports the revision it synced: after two heartbeats and a second since the
+    # policy it has, the server resends the policy, which carries the new revision.
+    seq, deadline = 0, time.monotonic() + 60
+    while True:
+        seq += 1
+        await comm.send_to(text_data=protocol.encode("status", "agent", update_status="IDLE", seq=seq,
+                                                     policy_revision=first["revision"],
+                                                     cloud_config_revision=synced))
+        if not await comm.receive_nothing(timeout=0.3):  # a frame came (the writer's tick is 50 ms)
+            pushed = await next_frame(comm, "policy")
+            break
+        assert time.monotonic() < deadline, "the policy with the new cloud-config revision never came"
+    assert pushed["cloud_config_revision"] == revision.pk and pushed["revision"] == first["revision"]
+    protocol.validate(pushed, "server")
+    await comm.disconnect()
