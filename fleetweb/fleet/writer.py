@@ -175,14 +175,14 @@ class AckWriter(TickWriter):
         close_old_connections()
         with transaction.atomic():
             latest = {host_id: f for (host_id, _conn), f in batch.items()}  # a reconnect's ack comes last
-            current = dict(Host.objects.select_for_update().filter(pk__in=list(latest))
-                           .values_list("pk", "policy_revision"))
-            changed = {pk: f for pk, f in latest.items() if pk in current and current[pk] != f["revision"]}
+            # Only hosts whose revision changes are written and get an event (one statement: no
+            # SELECT ... FOR UPDATE of 10,000 ids before it, which was half of a switch's writes).
+            moved = bulk.update_rows(Host, ("policy_revision", "channel", "reboot_strategy"), ("id",),
+                                     [[f["revision"], f["channel"], f["reboot_strategy"], host_id]
+                                      for host_id, f in latest.items()], changing="policy_revision")
+            changed = {pk: latest[pk] for pk in moved}
             if not changed:
                 return
-            bulk.update_rows(Host, ("policy_revision", "channel", "reboot_strategy"), ("id",),
-                             [[f["revision"], f["channel"], f["reboot_strategy"], host_id]
-                              for host_id, f in changed.items()])
             Event.objects.bulk_create([
                 Event(organization_id=f["organization_id"], kind=EventKind.POLICY_APPLIED, host_id=host_id,
                       group_id=f["group_id"], data=f["data"], created=f["created"],
