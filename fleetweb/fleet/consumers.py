@@ -24,7 +24,7 @@ from fleetweb.core.hub import CLOSE_FRAME, hub
 from . import sweeper
 from .choices import EventKind
 from .ratelimit import FrameLimiter
-from .writer import Overloaded, acks, hellos, logins, writer
+from .writer import Overloaded, acks, hellos, logins, offline, writer
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if self.ready:
             await writer.flush(self.host_id, self.connection_id)  # this socket's last frames first, then offline
             await acks.flush(self.host_id, self.connection_id)
-            await self._mark_offline(code)
+            await offline.submit(self.host_id, self.connection_id, {
+                "code": code, "organization_id": self.organization_id, "group_id": self.group_id,
+                "hostname": self.hostname})
+            await offline.flush(self.host_id, self.connection_id)
 
     async def _close_with(self, code: int) -> None:
         await self.close(code=code)
@@ -358,16 +361,3 @@ class AgentConsumer(AsyncWebsocketConsumer):
                                  host_id=self.host_id, group_id=self.group_id,
                                  data={"kind": msg["kind"], **data})
             transaction.on_commit(lambda: _host_changed(self.organization_id, self.host_id))
-
-    @database_sync_to_async
-    def _mark_offline(self, code):
-        from .models import Event, Host, _host_changed
-
-        with transaction.atomic():
-            # Only this connection may mark the host offline (a newer one may have taken over).
-            if Host.objects.filter(pk=self.host_id, connection_id=self.connection_id).update(
-                    online=False, connection_id=None, last_seen=timezone.now()):
-                Event.objects.record(self.organization_id, EventKind.DISCONNECTED,
-                                     f"Host {self.hostname} disconnected (code {code})",
-                                     host_id=self.host_id, group_id=self.group_id, data={"code": code})
-                transaction.on_commit(lambda: _host_changed(self.organization_id, self.host_id))

@@ -192,3 +192,31 @@ async def test_agent_frames_are_handled_while_the_agent_thread_is_busy(web_group
         release.set()
     await holder
     await comm.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_many_sockets_closing_at_once_mark_each_host_offline_once(web_group, make_host):
+    """A network cut closes every socket together: each host goes offline with one event, written
+    in batches; a socket replaced by a newer one before it closed leaves its host online."""
+    hosts = await sync_to_async(lambda: [make_host(web_group, hostname=f"cut-{i:02d}") for i in range(20)])()
+    comms = []
+    for host in hosts:
+        comm = await _agent(host)
+        await comm.send_to(text_data=_hello(host))
+        assert json.loads(await comm.receive_from(timeout=60))["type"] == "policy"
+        comms.append(comm)
+    newer = await _agent(hosts[0])               # host 0 reconnects: its first socket is replaced
+    await newer.send_to(text_data=_hello(hosts[0]))
+    assert json.loads(await newer.receive_from(timeout=60))["type"] == "policy"
+
+    await asyncio.gather(*(comm.disconnect(timeout=60) for comm in comms))
+
+    stored = {h.hostname: h async for h in Host.objects.filter(pk__in=[h.pk for h in hosts])}
+    assert stored["cut-00"].online and stored["cut-00"].connection_id is not None
+    assert [name for name, h in sorted(stored.items()) if h.online] == ["cut-00"]
+    assert all(h.connection_id is None for name, h in stored.items() if name != "cut-00")
+    events = [e async for e in Event.objects.filter(kind=EventKind.DISCONNECTED, host__in=[h.pk for h in hosts])]
+    assert sorted(e.host_id for e in events) == sorted(h.pk for h in hosts[1:])
+    assert all(e.message.startswith("Host cut-") and "disconnected (code" in e.message for e in events)
+    await newer.disconnect(timeout=60)
+    assert not (await Host.objects.aget(pk=hosts[0].pk)).online
