@@ -237,5 +237,10 @@ def encode(msg_type: str, sender: str, /, **fields: Any) -> str:
     return json.dumps(msg, separators=(",", ":"))
 
 
+def dumps(frame: dict) -> str:
+    """The wire form of a frame built by the sender's own code (compact JSON; ``encode`` also validates)."""
+    return json.dumps(frame, separators=(",", ":"))
+
+
 def error_frame(code: str, message: str) -> str:
     return encode("error", "server", code=code, message=message)

@@ -284,7 +284,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def on_hello(self, msg):
         try:
-            policy, update, host = await hellos.connect(self.host_id, self.connection_id, msg)
+            policy, update, host, policy_text = await hellos.connect(self.host_id, self.connection_id, msg)
         except Overloaded:  # the agent stopped waiting for this answer
             await self.close(code=protocol.CLOSE_TRY_AGAIN_LATER)
             return
@@ -294,7 +294,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self._remember_secrets(policy)
         self.reported_revision = msg.get("policy_revision")
         self._sending(policy)
-        await self.send(text_data=json.dumps(policy, separators=(",", ":")))
+        await self.send(text_data=policy_text)
         if update is not None:  # a grant the host had not finished before it went away
             self._sending(update)
             await self.send(text_data=json.dumps(update, separators=(",", ":")))

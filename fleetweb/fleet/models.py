@@ -512,8 +512,8 @@ class HostManager(models.Manager):
     def connect_many(self, hellos: list[tuple]) -> list:
         """Record a batch of agent `hello`s (host_id, connection_id, message) in one transaction.
 
-        Returns, per hello, ``(policy frame, update frame or None, host)`` or the exception for that
-        entry.  A batch costs a handful of statements whatever its size: a fleet reconnecting after
+        Returns, per hello, ``(policy frame, update frame or None, host, the policy frame as JSON
+        text)`` or the exception for that entry.  A batch costs a handful of statements whatever its size: a fleet reconnecting after
         a server restart is not a transaction per host.
         """
         from fleetweb.updates.models import RolloutHost
@@ -565,6 +565,7 @@ class HostManager(models.Manager):
             groups = {g.pk: g for g in Group.objects.select_related("channel", "organization")
                       .filter(pk__in={h.group_id for h in saved})}
             policies = {gid: g.policy() for gid, g in groups.items()}
+            encoded = {gid: protocol.dumps(policy) for gid, policy in policies.items()}
             grants = {}
             for rh in RolloutHost.objects.in_flight_for_hosts([h.pk for h in saved]):
                 grants.setdefault(rh.host_id, rh)
@@ -581,7 +582,11 @@ class HostManager(models.Manager):
                     rh = None
                 update = rh.update_frame() if rh is not None else None
                 item.group = groups[item.group_id]
-                out.append(({**policies[item.group_id], **policy_extras.host_fields(item)}, update, item))
+                extras = policy_extras.host_fields(item)
+                policy = {**policies[item.group_id], **extras}
+                # Encoded here, once per group when the host adds nothing of its own: not on the
+                # event loop once per host (a quarter of the loop's time when 10,000 agents say hello).
+                out.append((policy, update, item, protocol.dumps(policy) if extras else encoded[item.group_id]))
             return out
 
     def expected_state(self, host_ids) -> dict:
