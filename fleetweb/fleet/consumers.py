@@ -187,7 +187,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
         revision = expected["revision"]
         cloud_config = expected["reported"].get("cloud_config_revision")
         policy = ((self.reported_revision != revision
-                   or (self.reported_cloud_config is not None and self.reported_cloud_config != cloud_config))
+                   or (None not in (self.reported_cloud_config, cloud_config)
+                       and self.reported_cloud_config != cloud_config))
                   and self._missed("policy", (revision, cloud_config)))
         rollout = None
         grant = expected.get("grant")
