@@ -10,6 +10,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import serve
 
+from agent import apply as cloudapply
 from agent import config as cfg
 from agent import protocol
 
@@ -201,3 +202,35 @@ def test_it_heartbeats_switches_channel_live_reboots_and_stops_cleanly_on_sigter
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_a_status_reports_the_cloud_config_revision_last_synced(fake_server, registered):
+    """The server resends the policy to an agent whose cloud-config revision is behind (a lost push)."""
+    def script(srv, ws, i):
+        srv.recv(ws, "hello")
+        ws.send(policy(3, "stable", "reboot"))
+        srv.status = srv.recv(ws, "status")
+
+    srv = fake_server(script)
+    config = registered(srv.url)
+    cloudapply.save_state(config.state_dir, {"seen": 12, "revision": 12})
+    res = run_agent("run", "--once", "--state-dir", str(config.state_dir))
+    assert res.returncode == cfg.EXIT_OK, res.stderr
+    assert srv.status["cloud_config_revision"] == 12 and srv.status["policy_revision"] == 3
+
+
+def test_a_busy_server_closing_1013_is_retried_after_the_backoff(fake_server, registered):
+    def script(srv, ws, i):
+        srv.recv(ws, "hello")
+        if i == 0:
+            ws.close(protocol.CLOSE_TRY_AGAIN_LATER, "try again later")
+            return
+        ws.send(policy(1, "stable", "reboot"))
+        srv.recv(ws, "status")
+
+    srv = fake_server(script)
+    config = registered(srv.url)
+    res = run_agent("run", "--once", "--state-dir", str(config.state_dir))
+    assert res.returncode == cfg.EXIT_OK, res.stderr
+    assert len(srv.connections) == 2 and not srv.errors
+    assert "server busy (1013, try again later); reconnecting after the backoff" in res.stderr
