@@ -597,7 +597,8 @@ class HostManager(models.Manager):
         and one per group for the reported fields."""
         from fleetweb.updates.models import RolloutHost
 
-        rows = list(self.filter(pk__in=host_ids).values_list("pk", "group_id", "group__policy_revision"))
+        rows = list(self.filter(pk__any=list(host_ids)).order_by()
+                    .values_list("pk", "group_id", "group__policy_revision"))
         reported = {group.pk: policy_extras.reported_fields(group)
                     for group in Group.objects.filter(pk__in={group_id for _pk, group_id, _rev in rows})}
         out = {pk: {"revision": revision, "grant": None, "reported": reported.get(group_id, {})}

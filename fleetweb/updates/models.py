@@ -579,7 +579,7 @@ class RolloutHostManager(models.Manager.from_queryset(RolloutHostQuerySet)):
     def in_flight_for_hosts(self, host_ids) -> list["RolloutHost"]:
         """Grants a host has not finished (newest first), for many hosts in one query."""
         return list(self.select_related("rollout__release", "rollout__group")
-                    .filter(host_id__in=host_ids, rollout__status=RolloutStatus.RUNNING,
+                    .filter(host__pk__any=list(host_ids), rollout__status=RolloutStatus.RUNNING,
                             state__in=(HostUpdateState.GRANTED, HostUpdateState.DOWNLOADING,
                                        HostUpdateState.VERIFYING))
                     .order_by("-granted_at"))

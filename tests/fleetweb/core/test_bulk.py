@@ -63,3 +63,14 @@ def test_the_host_table_leaves_room_on_its_pages_for_heartbeat_updates():
         else:
             cursor.execute("SELECT count(*) FROM fleet_host")  # the table exists, unchanged
             assert cursor.fetchone()[0] >= 0
+
+
+def test_any_finds_the_rows_of_a_list_of_ids_sent_as_one_array(web_group, make_host):
+    hosts = [make_host(web_group, hostname=f"any-{i}") for i in range(3)]
+    wanted = [hosts[0].pk, hosts[2].pk, uuid.uuid4()]
+    with CaptureQueriesContext(connection) as queries:
+        found = set(Host.objects.filter(pk__any=wanted).values_list("pk", flat=True))
+    assert found == {hosts[0].pk, hosts[2].pk}
+    assert not Host.objects.filter(pk__any=[]).exists()
+    if connection.vendor == "postgresql":
+        assert "= ANY(" in queries[0]["sql"]
