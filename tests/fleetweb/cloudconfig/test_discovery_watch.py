@@ -12,6 +12,7 @@ from asgiref.sync import sync_to_async
 from fleetweb import asgi
 from fleetweb.cloudconfig import discovery
 from fleetweb.cloudconfig.discovery_models import DiscoveryToken
+from fleetweb.core.hub import hub
 from tests.communicators import HttpCommunicator
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,6 +39,15 @@ async def watch(token, wait_index=2):
     return await comm.get_response()
 
 
+async def until_waiting(token, n):
+    """Until N watches of the token wait for a wake-up: each has read the token and joined the hub
+    (observed, not slept).  A change made before a watch joined would wake nobody."""
+    deadline = asyncio.get_running_loop().time() + 60
+    while len(hub._local.get(token.watch_key, ())) < n:
+        assert asyncio.get_running_loop().time() < deadline, "the watches never started waiting"
+        await asyncio.sleep(0.01)
+
+
 async def test_a_watch_that_sees_no_change_reads_the_token_once(settings, loads):
     settings.DISCOVERY_WAIT = 1
     settings.FLEET_DISCOVERY_WATCH_RECHECK = 60
@@ -52,11 +62,8 @@ async def test_a_registration_wakes_the_watch_which_reads_the_token_once_more(se
     settings.FLEET_DISCOVERY_WATCH_RECHECK = 60
     token = await sync_to_async(DiscoveryToken.objects.issue)(3)
     pending = asyncio.ensure_future(watch(token))
-    for _ in range(2000):  # until the server holds the watch (observed, not slept)
-        if discovery._watches.get(token.token) and loads:
-            break
-        await asyncio.sleep(0.01)
-    assert discovery._watches.get(token.token) == 1
+    await until_waiting(token, 1)
+    assert discovery._watches.get(token.token) == 1 and len(loads) == 1
     await sync_to_async(token.register)("abc", "abc=http://10.0.0.1:2380")
     response = await pending
     assert response["status"] == 200
@@ -67,10 +74,7 @@ async def test_a_registration_wakes_the_watch_which_reads_the_token_once_more(se
 async def open_watches(token, n):
     """Start N watches and return once the server holds all of them (observed, not slept)."""
     tasks = [asyncio.ensure_future(watch(token)) for _ in range(n)]
-    for _ in range(2000):
-        if sum(discovery._watches.values()) >= n:
-            break
-        await asyncio.sleep(0.01)
+    await until_waiting(token, n)
     assert sum(discovery._watches.values()) == n
     return tasks
 
