@@ -137,7 +137,7 @@ class LoginGate:
     """Sign-ins (they hash a password) wait here for a hash slot, holding no lane: at 20 logins a
     second they used to take all 8 lanes while they waited for the one slot, and the host list's
     p99 went from 1 s to 27 s.  ``FLEET_LOGIN_QUEUE`` may wait; ``enter()`` refuses the next one
-    (``None``) instead of queueing it, so a login flood costs a refusal each."""
+    (it yields False) instead of queueing it, so a login flood costs a refusal each."""
 
     def __init__(self):
         self._loop: asyncio.AbstractEventLoop | None = None

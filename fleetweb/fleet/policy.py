@@ -27,6 +27,14 @@ def host_contributor(func: Callable) -> Callable:
     return func
 
 
+def _merged(contributors: list[Callable], obj) -> dict:
+    """The fields every contributor returns for ``obj`` (a group or a host), later ones winning."""
+    fields: dict = {}
+    for func in contributors:
+        fields.update(func(obj) or {})
+    return fields
+
+
 _reported_contributors: list[Callable] = []
 
 
@@ -39,21 +47,12 @@ def reported_contributor(func: Callable) -> Callable:
 
 
 def reported_fields(group) -> dict:
-    fields: dict = {}
-    for func in _reported_contributors:
-        fields.update(func(group) or {})
-    return fields
+    return _merged(_reported_contributors, group)
 
 
 def host_fields(host) -> dict:
-    fields: dict = {}
-    for func in _host_contributors:
-        fields.update(func(host) or {})
-    return fields
+    return _merged(_host_contributors, host)
 
 
 def extra_fields(group) -> dict:
-    fields: dict = {}
-    for func in _contributors:
-        fields.update(func(group) or {})
-    return fields
+    return _merged(_contributors, group)
