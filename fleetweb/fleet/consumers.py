@@ -11,14 +11,13 @@ import json
 import logging
 import uuid
 
-from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 from django.db import transaction
 from django.utils import timezone
 
 from agent import protocol
 from fleetweb.core import live, secrets
+from fleetweb.core.websocket import PlainWebsocket
 from fleetweb.core.hub import CLOSE_FRAME, hub
 
 from . import sweeper
@@ -34,6 +33,10 @@ MAX_PROTOCOL_ERRORS = 50
 # wire; an agent reports several a second while it downloads).
 RESEND_AFTER_HEARTBEATS = 2
 RESEND_AFTER_SECONDS = 1.0
+# A heartbeat asks for reconciliation (what the server expects of this host, read after the write)
+# at most this often per socket: an agent reports several status frames a second while it
+# downloads, and one read per second says all a resend needs (it waits RESEND_AFTER_SECONDS anyway).
+RECONCILE_EVERY = RESEND_AFTER_SECONDS
 HOST_SECRET_FIELDS = ("etcd_username", "etcd_password")  # only ever in frames meant for one host
 # A socket that connects while the hellos already queued would take longer than this to answer is
 # closed at once with 1013 (try again later): the agent reconnects after its jittered backoff instead
@@ -73,20 +76,11 @@ def _broadcast_frame(text: str) -> dict:
     return json.loads(text)
 
 
-class AgentConsumer(AsyncWebsocketConsumer):
-    # Agents do not join channel-layer groups: the hub fans frames out per process.
-    channel_layer_alias = "agents-use-the-hub"
-
-    async def dispatch(self, message):
-        """Channels' own dispatch first hops to the sync thread to close obsolete database
-        connections, for every frame: at 5,000 agents that hop was two thirds of the event loop's
-        time and every frame queued behind the batch writes on that thread.  Every database call
-        of this consumer goes through ``database_sync_to_async`` or a batch writer, which close
-        obsolete connections themselves."""
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
+class AgentConsumer(PlainWebsocket):
+    """One agent's socket.  A plain ASGI endpoint, not a channels consumer: agents join no
+    channel-layer group (the hub fans frames out per process), and channels' dispatch cost a task,
+    an ``asyncio.wait`` and a hop to the sync thread per frame.  Every database call here goes
+    through ``database_sync_to_async`` or a batch writer, which close obsolete connections."""
 
     async def connect(self):
         self.host_id = None
@@ -98,6 +92,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.reported_cloud_config = None
         self.reported_revision = None
         self.reported_rollout = None
+        self.reconciled_at = float("-inf")  # loop time of the last heartbeat that asked for reconciliation
         if hellos.backlog() > HELLO_BACKLOG_LIMIT:
             await self.accept()
             await self.close(code=protocol.CLOSE_TRY_AGAIN_LATER)
@@ -312,7 +307,11 @@ class AgentConsumer(AsyncWebsocketConsumer):
             self.reported_revision = msg["policy_revision"]
         if "cloud_config_revision" in msg:
             self.reported_cloud_config = msg["cloud_config_revision"]
-        fields = {**st, "last_seen": timezone.now(), "online": True, "reconcile": True}
+        fields = {**st, "last_seen": timezone.now(), "online": True}
+        now = asyncio.get_running_loop().time()
+        if now - self.reconciled_at >= RECONCILE_EVERY:
+            self.reconciled_at = now
+            fields["reconcile"] = True
         if "partitions" in msg:  # written, not kept: the socket holds only what reconciliation reads
             fields["partitions"] = msg["partitions"]
         if "rollout" in msg:  # update progress: moves the rollout entry in the same group commit
