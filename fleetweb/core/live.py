@@ -45,13 +45,18 @@ def needs_loop() -> bool:
 
 def to_ui(organization_id: int, payload: dict) -> None:
     """Tell every dashboard page of the organization that something changed (any thread)."""
+    to_ui_many(organization_id, [payload])
+
+
+def to_ui_many(organization_id: int, payloads: list[dict]) -> None:
+    """Several notices for one organization (a batch of 10,000 acks takes the lock once)."""
     global _scheduled
     loop = _loop
     if loop is None or loop.is_closed():
-        _send_now(organization_id, [payload])
+        _send_now(organization_id, payloads)
         return
     with _lock:
-        _pending[organization_id].append(payload)
+        _pending[organization_id].extend(payloads)
         if _scheduled:
             return
         _scheduled = True
@@ -87,6 +92,6 @@ def _send_now(organization_id: int, payloads: list[dict]) -> None:
         return
     try:
         async_to_sync(layer.group_send)(ui_group(organization_id),
-                                        {"type": "ui.batch", "payloads": payloads, "count": len(payloads)})
+                                        {"type": "ui.batch", "payloads": payloads[-500:], "count": len(payloads)})
     except Exception as exc:
         log.warning("live update not sent: %s", exc)

@@ -36,6 +36,24 @@ class EnrollmentError(Exception):
 # ---------------------------------------------------------------------------------------------
 
 class EventManager(models.Manager):
+    COLUMNS = ("organization_id", "kind", "message", "host_id", "group_id", "actor", "data", "created")
+
+    def insert_rows(self, rows: list[dict]) -> list[int]:
+        """Insert events given as dicts of ``COLUMNS`` (``actor`` may be left out) in one statement,
+        without a model instance each (the writers record up to thousands per batch); returns their
+        ids, in order."""
+        return bulk.insert_rows(self.model, self.COLUMNS,
+                                [[row.get(name, "") if name == "actor" else row[name] for name in self.COLUMNS]
+                                 for row in rows])
+
+    def insert_many(self, events: list["Event"]) -> list["Event"]:
+        """``bulk_create`` for unsaved events, in one statement on PostgreSQL: sets their ids."""
+        ids = self.insert_rows([{name: getattr(e, name) for name in self.COLUMNS} for e in events])
+        for event, pk in zip(events, ids, strict=True):
+            event.pk = pk
+            event._state.adding = False
+        return events
+
     def record(self, organization_id: int, kind: str, message: str, *, host=None, group=None,
                host_id=None, group_id=None, actor: str = "", data: dict | None = None,
                created=None) -> "Event":
@@ -554,7 +572,7 @@ class HostManager(models.Manager):
                 bulk.update_rows(self.model, self.HELLO_FIELDS, ("id",),
                                  [[getattr(h, name) for name in self.HELLO_FIELDS] + [h.pk]
                                   for h in {h.pk: h for h in saved}.values()])
-                Event.objects.bulk_create(events)
+                Event.objects.insert_many(events)
 
                 def notify():
                     for e in events:

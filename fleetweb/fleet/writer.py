@@ -184,14 +184,16 @@ class AckWriter(TickWriter):
             changed = {pk: latest[pk] for pk in moved}
             if not changed:
                 return
-            Event.objects.bulk_create([
-                Event(organization_id=f["organization_id"], kind=EventKind.POLICY_APPLIED, host_id=host_id,
-                      group_id=f["group_id"], data=f["data"], created=f["created"],
-                      message=f"Host {f['hostname']} applied policy revision {f['revision']}: channel "
-                              f"{f['channel'] or '?'}, strategy {f['reboot_strategy'] or '?'}")
+            Event.objects.insert_rows([
+                {"organization_id": f["organization_id"], "kind": EventKind.POLICY_APPLIED, "host_id": host_id,
+                 "group_id": f["group_id"], "data": f["data"], "created": f["created"],
+                 "message": f"Host {f['hostname']} applied policy revision {f['revision']}: channel "
+                            f"{f['channel'] or '?'}, strategy {f['reboot_strategy'] or '?'}"}
                 for host_id, f in changed.items()])
-            notices = [(f["organization_id"], host_id) for host_id, f in changed.items()]
-            transaction.on_commit(lambda: [live.to_ui(org, {"kind": "host", "host": str(h)}) for org, h in notices])
+            by_organization: dict = {}
+            for host_id, f in changed.items():
+                by_organization.setdefault(f["organization_id"], []).append({"kind": "host", "host": str(host_id)})
+            transaction.on_commit(lambda: [live.to_ui_many(org, notices) for org, notices in by_organization.items()])
 
 
 class OfflineWriter(TickWriter):
@@ -215,7 +217,7 @@ class OfflineWriter(TickWriter):
                                         [[False, None, now, host_id, conn_id] for host_id, conn_id in batch],
                                         changing="connection_id"))
             closed = [(host_id, f) for (host_id, _conn), f in batch.items() if host_id in gone]
-            events = Event.objects.bulk_create([
+            events = Event.objects.insert_many([
                 Event(organization_id=f["organization_id"], kind=EventKind.DISCONNECTED, host_id=host_id,
                       group_id=f["group_id"], created=now, data={"code": f["code"]},
                       message=f"Host {f['hostname']} disconnected (code {f['code']})")

@@ -74,3 +74,35 @@ def test_any_finds_the_rows_of_a_list_of_ids_sent_as_one_array(web_group, make_h
     assert not Host.objects.filter(pk__any=[]).exists()
     if connection.vendor == "postgresql":
         assert "= ANY(" in queries[0]["sql"]
+
+
+def test_insert_rows_returns_the_new_keys_in_the_order_of_the_rows(web_group, make_host):
+    from fleetweb.fleet.models import Event
+
+    host = make_host(web_group, hostname="ins-0")
+    when = timezone.now() - timedelta(hours=1)
+    rows = [{"organization_id": web_group.organization_id, "kind": "agent_event", "message": f"m{i}",
+             "host_id": host.pk if i % 2 else None, "group_id": None, "data": {"i": i, "quote": "a\"b\\c"},
+             "created": when + timedelta(seconds=i)} for i in range(5)]
+    with CaptureQueriesContext(connection) as queries:
+        ids = Event.objects.insert_rows(rows)
+    if connection.vendor == "postgresql":
+        assert len(queries) == 1
+    assert len(ids) == 5
+    stored = {e.pk: e for e in Event.objects.filter(pk__in=ids)}
+    for i, pk in enumerate(ids):
+        e = stored[pk]
+        assert (e.message, e.host_id, e.group_id, e.actor, e.data, e.created) == (
+            f"m{i}", host.pk if i % 2 else None, None, "", {"i": i, "quote": "a\"b\\c"}, when + timedelta(seconds=i))
+    assert Event.objects.insert_rows([]) == []
+
+
+def test_a_json_null_value_is_stored_as_sql_null_and_a_missing_conversion_is_refused(web_group, make_host):
+    host = make_host(web_group, hostname="null-0")
+    Host.objects.filter(pk=host.pk).update(connection_id=uuid.uuid4())
+    bulk.update_rows(Host, ("connection_id", "last_seen", "address"), ("id",), [[None, None, "10.0.0.7", host.pk]])
+    stored = Host.objects.get(pk=host.pk)
+    assert (stored.connection_id, stored.last_seen, stored.address) == (None, None, "10.0.0.7")
+    with pytest.raises(TypeError, match="no JSON form"):
+        bulk._converters([Host._meta.get_field("registered_at"), type("F", (), {
+            "name": "odd", "is_relation": False, "get_internal_type": lambda self: "BinaryField"})()])
