@@ -17,8 +17,8 @@ from django.utils import timezone
 
 from agent import protocol
 from fleetweb.core import live, secrets
-from fleetweb.core.websocket import PlainWebsocket
 from fleetweb.core.hub import CLOSE_FRAME, hub
+from fleetweb.core.websocket import PlainWebsocket
 
 from . import sweeper
 from .choices import EventKind
@@ -104,7 +104,7 @@ class AgentConsumer(PlainWebsocket):
             await self.send(text_data=protocol.error_frame("unauthorized", "invalid or revoked credential"))
             await self.close(code=protocol.CLOSE_UNAUTHORIZED)
             return
-        self.host_id = host.pk
+        self.host_id = host.host_id
         self.credential_lookup = secrets.split(secret, "fwh")
         self.organization_id = host.organization_id
         self.group_id = host.group_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import timedelta
+from typing import NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -831,21 +832,45 @@ class Host(models.Model):
         hub.close(f"host:{host_id}", code, reason, keep=keep)
 
 
+class AgentLogin(NamedTuple):
+    """What an agent's socket needs of its host when it connects (no model instances: a reconnect
+    storm checks 10,000 credentials in a few batches, and a host, group and channel instance per
+    credential was most of that time)."""
+
+    host_id: uuid.UUID
+    organization_id: int
+    group_id: int
+    hostname: str
+    update_status: str
+    version: str
+    status_seq: int
+
+
 class HostCredentialManager(models.Manager):
     def authenticate(self, secret: str) -> Host | None:
-        return self.authenticate_many([secret])[0]
+        """The host of a presented credential (None: unknown, revoked or wrong), with its group."""
+        lookup = secrets.split(secret, "fwh")
+        if lookup is None:
+            return None
+        cred = (self.select_related("host", "host__group", "host__group__channel")
+                .filter(lookup=lookup, revoked_at__isnull=True).first())
+        return cred.host if cred is not None and secrets.matches(secret, cred.digest) else None
 
-    def authenticate_many(self, presented: list[str]) -> list[Host | None]:
+    def authenticate_many(self, presented: list[str]) -> list[AgentLogin | None]:
         """The host of each presented credential (None: unknown, revoked or wrong), in one query
         for a whole batch: a fleet reconnecting after a restart is not a query per agent."""
         lookups = [secrets.split(secret, "fwh") for secret in presented]
-        creds = {c.lookup: c for c in self.select_related("host", "host__group", "host__group__channel")
-                 .filter(lookup__in={lk for lk in lookups if lk is not None}, revoked_at__isnull=True)}
+        rows = (self.filter(lookup__in={lk for lk in lookups if lk is not None}, revoked_at__isnull=True)
+                .order_by().values_list("lookup", "digest", *(f"host__{name}" for name in LOGIN_FIELDS)))
+        creds = {row[0]: row for row in rows}
         out = []
         for secret, lookup in zip(presented, lookups, strict=True):
-            cred = creds.get(lookup) if lookup is not None else None
-            out.append(cred.host if cred is not None and secrets.matches(secret, cred.digest) else None)
+            row = creds.get(lookup) if lookup is not None else None
+            out.append(AgentLogin(*row[2:]) if row is not None and secrets.matches(secret, row[1]) else None)
         return out
+
+
+LOGIN_FIELDS = ("id", "organization_id", "group_id", "hostname", "update_status", "version", "status_seq")
 
 
 class HostCredential(models.Model):

@@ -22,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from channels.db import database_sync_to_async
-from django.db import close_old_connections, transaction
+import time
+
+from asgiref.sync import sync_to_async
+from django.db import InterfaceError, OperationalError, close_old_connections, connection, transaction
 from django.utils import timezone
 
 from agent.protocol import POLICY_TIMEOUT
@@ -34,6 +36,39 @@ log = logging.getLogger(__name__)
 # The columns a submitted frame may set; each frame sets those it carries (a pong: last_seen, online).
 FIELDS = ("last_seen", "update_status", "version", "partitions", "status_seq", "online")
 # Keys of a submitted frame's fields that are not columns: ``rollout_report`` and ``reconcile``.
+
+
+# How often the writers' thread checks its database connection (close_old_connections(): CONN_MAX_AGE,
+# and a ``SELECT 1`` health check before the next statement).  Channels' database_sync_to_async does
+# it twice per call: a round trip and an eighth of the thread's time per batch, at 20 batches a second.
+HEALTH_CHECK_EVERY = 1.0
+_checked_at = float("-inf")
+
+
+def _write_with_a_live_connection(write, batch):
+    """Run a batch write; a connection that died since the last check (PostgreSQL restarted, the
+    backend terminated) fails it once, and it runs again on a new connection.  Each write is one
+    transaction, rolled back when it fails, and writes the same values when it runs again."""
+    global _checked_at
+    now = time.monotonic()
+    if now - _checked_at >= HEALTH_CHECK_EVERY:
+        _checked_at = now
+        close_old_connections()
+    try:
+        return write(batch)
+    except (OperationalError, InterfaceError) as exc:
+        log.warning("batch write failed (%s); once more on a new database connection", exc)
+        connection.close()
+        return write(batch)
+
+
+def on_db_thread(write):
+    """``write(batch)`` as a coroutine on the thread every database call of the agent sockets runs
+    on (asgiref's shared thread: it keeps one connection)."""
+    return lambda batch: _run_on_db_thread(write, batch)
+
+
+_run_on_db_thread = sync_to_async(_write_with_a_live_connection, thread_sensitive=True)
 
 
 class TickWriter:
@@ -87,7 +122,7 @@ class TickWriter:
                 batch, self._pending = self._pending, {}
                 self._writing = batch
                 try:
-                    results = await database_sync_to_async(self._write)(batch)
+                    results = await on_db_thread(self._write)(batch)
                 except Exception:  # keep the sockets; the next frame of each host retries
                     self.errors += 1
                     log.exception("status write of %d hosts failed", len(batch))
@@ -141,7 +176,6 @@ class StatusWriter(TickWriter):
 
         from .models import Host
 
-        close_old_connections()
         by_columns: dict[tuple, list] = {}  # a pong carries two columns, a status frame four or five
         for (host_id, conn_id), values in batch.items():
             columns = tuple(name for name in FIELDS if name in values)
@@ -173,7 +207,6 @@ class AckWriter(TickWriter):
         from .choices import EventKind
         from .models import Event, Host
 
-        close_old_connections()
         with transaction.atomic():
             latest = {host_id: f for (host_id, _conn), f in batch.items()}  # a reconnect's ack comes last
             # Only hosts whose revision changes are written and get an event (one statement: no
@@ -208,7 +241,6 @@ class OfflineWriter(TickWriter):
         from .choices import EventKind
         from .models import Event, Host, _host_changed
 
-        close_old_connections()
         now = timezone.now()
         with transaction.atomic():
             # connection_id is set to NULL only where it is still the closing socket's: every row
@@ -293,7 +325,7 @@ class Batcher:
             batch, self._pending = self._pending[:self.limit], self._pending[self.limit:]
             started = self._now()
             try:
-                results = await database_sync_to_async(self._write)([item for item, _fut, _at in batch])
+                results = await on_db_thread(self._write)([item for item, _fut, _at in batch])
             except Exception as exc:
                 log.exception("%s: a batch of %d failed", type(self).__name__, len(batch))
                 results = [exc] * len(batch)
@@ -328,7 +360,6 @@ class HelloBatcher(Batcher):
     def _write(hellos: list) -> list:
         from .models import Host
 
-        close_old_connections()
         return Host.objects.connect_many(hellos)
 
 
@@ -345,7 +376,6 @@ class AuthBatcher(Batcher):
     def _write(presented: list) -> list:
         from .models import HostCredential
 
-        close_old_connections()
         return HostCredential.objects.authenticate_many(presented)
 
 
@@ -358,7 +388,6 @@ class RegistrationBatcher(Batcher):
     def _write(requests: list) -> list:
         from .models import Host
 
-        close_old_connections()
         trust: dict = {}
         out = []
         for result in Host.objects.register_many(requests):

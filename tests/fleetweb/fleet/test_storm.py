@@ -30,8 +30,14 @@ def test_a_batch_of_credentials_is_checked_in_one_query(web_group, make_host):
     with CaptureQueriesContext(connection) as queries:
         found = HostCredential.objects.authenticate_many(presented)
     assert len(queries) == 1
-    assert [h.pk if h else None for h in found] == [hosts[0].pk, hosts[1].pk, None, None, None, None, hosts[0].pk]
-    assert found[0].group.channel.name == "stable"  # what the socket needs next comes with it
+    assert [h.host_id if h else None for h in found] == [hosts[0].pk, hosts[1].pk, None, None, None, None,
+                                                         hosts[0].pk]
+    # what the socket needs next comes with it
+    assert (found[1].organization_id, found[1].group_id, found[1].hostname, found[1].status_seq) == (
+        hosts[1].organization_id, web_group.pk, hosts[1].hostname, 0)
+    assert HostCredential.objects.authenticate(hosts[0].credential).group.channel.name == "stable"
+    assert HostCredential.objects.authenticate(revoked.credential) is None
+    assert HostCredential.objects.authenticate(hosts[0].credential + "x") is None
 
 
 @pytest.mark.django_db(transaction=True)
