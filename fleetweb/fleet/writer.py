@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
 import time
 
 from asgiref.sync import sync_to_async
