@@ -103,15 +103,17 @@ class Hub:
         if not senders:
             return
         text = frame if isinstance(frame, str) else json.dumps(frame, separators=(",", ":"))
-        for send in list(senders):
-            asyncio.ensure_future(self._safe_send(send, text))
+        asyncio.ensure_future(self._send_all(list(senders), text))
 
     @staticmethod
-    async def _safe_send(send: Sender, text: str) -> None:
-        try:
-            await send(text)
-        except Exception as exc:  # a socket closing under us is not the publisher's problem
-            log.debug("hub: send failed: %s", exc)
+    async def _send_all(senders: list[Sender], text: str) -> None:
+        """One task for all the sockets of a key, not a task each (a switch of a 10,000-host group):
+        a send only writes to the socket's transport, it does not wait for the peer."""
+        for send in senders:
+            try:
+                await send(text)
+            except Exception as exc:  # a socket closing under us is not the publisher's problem
+                log.debug("hub: send failed: %s", exc)
 
     # -- publishers (any thread, any process) ------------------------------------------------
     def publish(self, key: str, frame: dict) -> None:

@@ -10,6 +10,8 @@ import functools
 import json
 import logging
 import uuid
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 from channels.db import database_sync_to_async
 from django.db import transaction
@@ -59,11 +61,8 @@ def _event_time(at):
     now = timezone.now()
     if not isinstance(at, (int, float)) or isinstance(at, bool):
         return now
-    from datetime import datetime, timedelta
-    from datetime import timezone as tz
-
     try:
-        when = datetime.fromtimestamp(at, tz=tz.utc)
+        when = datetime.fromtimestamp(at, tz=dt_timezone.utc)
     except (OverflowError, OSError, ValueError):
         return now
     return when if now - timedelta(days=1) <= when <= now else now
