@@ -227,6 +227,11 @@ def decode(text: str | bytes, sender: str) -> dict:
         msg = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(ERR_MALFORMED, f"frame is not valid JSON: {exc}") from None
+    # PostgreSQL stores no NUL character in text or JSON: one in any string of a frame would fail
+    # the batch write of every host sharing its tick.  JSON can only carry it escaped.
+    if ("\\u0000" if isinstance(text, str) else b"\\u0000") in text:
+        raise ProtocolError(ERR_INVALID, f"{msg.get('type', 'frame') if isinstance(msg, dict) else 'frame'}: "
+                                         "strings may not contain NUL characters (\\u0000)")
     return validate(msg, sender)
 
 

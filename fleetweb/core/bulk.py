@@ -10,8 +10,8 @@ What was measured on the 2-core CI machine, 5,000 rows:
 * ``FROM (VALUES ...)``: 0.65 s, and psycopg parsed the 8,000 placeholders anew for every batch;
 * ``FROM unnest(<an array per column>)``: psycopg's array dumpers run per element in Python
   (a timestamp 9 µs, a UUID 4 µs): 134 ms to send seven columns;
-* one JSON document: 10 ms (Django's field preparation skipped: values are converted per column
-  type below).
+* one JSON document (orjson): a few ms (Django's field preparation skipped: orjson writes UUIDs and
+  datetimes itself).
 
 Django's ``bulk_update`` builds a ``CASE`` per column and row and was slower still; ``bulk_create``
 builds a model instance per row.  SQLite (the development default) keeps ``executemany``: no
@@ -19,20 +19,17 @@ network round trip to save.
 """
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+
+import orjson
 
 from django.db import DEFAULT_DB_ALIAS, connections
 
-# How a python value of a column becomes JSON (identity for str, int, bool, None, and JSON columns).
-_TO_JSON: dict[str, Callable] = {
-    "UUIDField": lambda v: None if v is None else str(v),
-    "DateTimeField": lambda v: None if v is None else v.isoformat(),
-    "GenericIPAddressField": lambda v: None if v is None else str(v),
-}
-_NATIVE = {"CharField", "TextField", "SlugField", "BooleanField", "IntegerField", "BigIntegerField",
-           "PositiveIntegerField", "PositiveBigIntegerField", "PositiveSmallIntegerField", "SmallIntegerField",
-           "AutoField", "BigAutoField", "JSONField"}
+# Column types whose python values orjson writes in the form the column's cast reads (a UUID as
+# its text, a datetime in ISO 8601 with its offset, a JSON column's value as JSON).
+_JSON_KINDS = {"CharField", "TextField", "SlugField", "BooleanField", "IntegerField", "BigIntegerField",
+               "PositiveIntegerField", "PositiveBigIntegerField", "PositiveSmallIntegerField", "SmallIntegerField",
+               "AutoField", "BigAutoField", "JSONField", "UUIDField", "DateTimeField", "GenericIPAddressField"}
 
 
 def _kind(field) -> str:
@@ -40,25 +37,17 @@ def _kind(field) -> str:
     return target.get_internal_type()
 
 
-def _converters(fields) -> list[Callable | None]:
-    out = []
+def _check_kinds(fields) -> None:
     for f in fields:
-        kind = _kind(f)
-        if kind in _TO_JSON:
-            out.append(_TO_JSON[kind])
-        elif kind in _NATIVE:
-            out.append(None)
-        else:
-            raise TypeError(f"bulk: no JSON form for {f.name} ({kind})")
-    return out
+        if _kind(f) not in _JSON_KINDS:
+            raise TypeError(f"bulk: no JSON form for {f.name} ({_kind(f)})")
 
 
 def _document(fields, rows: Sequence[Sequence]) -> str:
-    """The rows as one JSON array of arrays, each value in the form its column's cast reads."""
-    converters = _converters(fields)
-    if any(converters):
-        rows = [[v if c is None else c(v) for c, v in zip(converters, row, strict=True)] for row in rows]
-    return json.dumps(rows, separators=(",", ":"))
+    """The rows as one JSON array of arrays (orjson: C, and UUIDs and datetimes need no python
+    conversion; the standard encoder took a third of an ack batch's time)."""
+    _check_kinds(fields)
+    return orjson.dumps(rows).decode()
 
 
 def _reads(fields, connection, source: str = "e") -> list[str]:

@@ -40,6 +40,18 @@ def test_it_rejects_oversized_frames_before_parsing():
     assert exc.value.code == protocol.ERR_TOO_LARGE
 
 
+@pytest.mark.parametrize("text", [
+    json.dumps({"type": "status", "update_status": "IDLE", "version": "1.0\u0000"}),
+    json.dumps({"type": "status", "update_status": "IDLE", "version": "1.0\u0000"}).encode(),
+    json.dumps({"type": "event", "kind": "x", "data": {"deep": ["a\u0000"]}}),
+])
+def test_it_rejects_nul_characters_in_any_string(text):
+    with pytest.raises(ProtocolError) as exc:
+        protocol.decode(text, "agent")
+    assert exc.value.code == protocol.ERR_INVALID
+    assert "NUL" in exc.value.message
+
+
 def test_it_rejects_unknown_types_and_types_of_the_other_side():
     for text in ('{"type": "launch"}', '{"type": "hello"}'):
         with pytest.raises(ProtocolError) as exc:

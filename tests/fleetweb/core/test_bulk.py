@@ -104,5 +104,5 @@ def test_a_json_null_value_is_stored_as_sql_null_and_a_missing_conversion_is_ref
     stored = Host.objects.get(pk=host.pk)
     assert (stored.connection_id, stored.last_seen, stored.address) == (None, None, "10.0.0.7")
     with pytest.raises(TypeError, match="no JSON form"):
-        bulk._converters([Host._meta.get_field("registered_at"), type("F", (), {
+        bulk._check_kinds([Host._meta.get_field("registered_at"), type("F", (), {
             "name": "odd", "is_relation": False, "get_internal_type": lambda self: "BinaryField"})()])

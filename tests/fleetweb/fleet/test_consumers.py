@@ -66,6 +66,9 @@ async def test_it_answers_hello_with_the_group_policy_and_persists_the_host(host
     ('{"type": "hello", "hostname": 5}', "invalid"),
     (json.dumps(hello(partitions=[{"label": "USR-A"}])), "invalid"),
     (json.dumps(hello(update_status="PARTYING")), "invalid"),
+    # PostgreSQL stores no NUL: it would fail the batch write of every host in its tick
+    (json.dumps(hello(hostname="web\u0000-1")), "invalid"),
+    (json.dumps(hello(partitions=[{**partitions()[0], "version": "1\u00002"}, partitions()[1]])), "invalid"),
     ("x" * (protocol.MAX_FRAME_BYTES + 1), "too_large"),
     (json.dumps({"type": "status", "update_status": "IDLE"}), "not_ready"),
 ])
