@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import orjson
-
 from django.db import DEFAULT_DB_ALIAS, connections
 
 # Column types whose python values orjson writes in the form the column's cast reads (a UUID as
