@@ -299,8 +299,10 @@ class Agent:
         self.seq += 1
         revision = self.state.get("policy_revision")
         # What was applied, so that the server resends what a lost push should have brought.
+        credentials = (self.state.get("policy") or {}).get("etcd_credentials_revision")
         applied = {**({"policy_revision": revision} if isinstance(revision, int) else {}),
-                   **({"cloud_config_revision": synced} if isinstance(synced, int) else {})}
+                   **({"cloud_config_revision": synced} if isinstance(synced, int) else {}),
+                   **({"etcd_credentials_revision": credentials} if isinstance(credentials, int) else {})}
         await self.send("status", **self.engine.fields(), version=self.host.active_version(partitions),
                         partitions=partitions, seq=self.seq, **applied)
         log.debug("sent status #%d", self.seq)

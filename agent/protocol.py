@@ -49,6 +49,9 @@ UPDATE_STATUSES = (
 )
 REBOOT_STRATEGIES = ("reboot", "etcd-lock", "best-effort", "off")
 COMMANDS = ("check-update", "reboot", "rollback", "unlock")
+# Policy fields an agent reports back in its status frames once applied: the server resends the
+# policy to an agent whose report differs from what it should have (a push lost with Redis).
+REPORTED_POLICY_FIELDS = ("cloud_config_revision", "etcd_credentials_revision")
 
 
 class ProtocolError(ValueError):
@@ -102,6 +105,7 @@ MESSAGES: dict[str, dict[str, dict[str, tuple[tuple[type, ...], bool]]]] = {
             "target_version": (_OPT_STR, False),
             "policy_revision": (_INT, False),     # the policy revision applied (the server resends a newer one)
             "cloud_config_revision": (_INT, False),  # the policy's cloud_config_revision last synced (idem)
+            "etcd_credentials_revision": (_INT, False),  # the policy's etcd_credentials_revision applied (idem)
         },
         "event": {
             # policy_applied, update_installed, booted_new_version, rollback, update_error,
@@ -130,6 +134,7 @@ MESSAGES: dict[str, dict[str, dict[str, tuple[tuple[type, ...], bool]]]] = {
             "etcd_prefix": (_OPT_STR, False),
             "etcd_username": (_OPT_STR, False),
             "etcd_password": (_OPT_STR, False),
+            "etcd_credentials_revision": (_INT, False),  # bumped when the host's etcd password is rotated
             "etcd_ca": (_OPT_STR, False),
             "etcd_cert": (_OPT_STR, False),
             "etcd_key": (_OPT_STR, False),

@@ -39,7 +39,9 @@ RESEND_AFTER_SECONDS = 1.0
 # at most this often per socket: an agent reports several status frames a second while it
 # downloads, and one read per second says all a resend needs (it waits RESEND_AFTER_SECONDS anyway).
 RECONCILE_EVERY = RESEND_AFTER_SECONDS
-HOST_SECRET_FIELDS = ("etcd_username", "etcd_password")  # only ever in frames meant for one host
+# Only ever in frames meant for one host: its etcd credentials, and their revision.
+HOST_SECRET_FIELDS = ("etcd_username", "etcd_password", "etcd_credentials_revision")
+REPORTED = protocol.REPORTED_POLICY_FIELDS
 # A socket that connects while the hellos already queued would take longer than this to answer is
 # closed at once with 1013 (try again later): the agent reconnects after its jittered backoff instead
 # of waiting out its policy timeout in a queue it makes longer (issue 10 §5).
@@ -88,7 +90,7 @@ class AgentConsumer(PlainWebsocket):
         self.host_secrets: dict = {}
         self.heartbeats = 0          # status frames received on this socket
         self.sent: dict = {}         # "policy" / "update" -> (what, heartbeats, time) of the last one sent
-        self.reported_cloud_config = None
+        self.reported_fields: dict = {}  # REPORTED fields the agent's status frames carried (what it applied)
         self.reported_revision = None
         self.reported_rollout = None
         self.reconciled_at = float("-inf")  # loop time of the last heartbeat that asked for reconciliation
@@ -145,22 +147,23 @@ class AgentConsumer(PlainWebsocket):
         frame never carries any, issue 9 §8)."""
         frame = _broadcast_frame(text)
         if frame.get("type") == "policy":
-            self._sending(frame)
             if self.host_secrets:
-                text = json.dumps({**frame, **self.host_secrets}, separators=(",", ":"))
+                frame = {**frame, **self.host_secrets}
+                text = json.dumps(frame, separators=(",", ":"))
+            self._sending(frame)
         await self.send(text_data=text)
 
     def _sending(self, frame: dict) -> None:
         """Remember which policy revision / grant this socket carried (for reconciliation)."""
         now = asyncio.get_running_loop().time()
         if frame.get("type") == "policy":
-            self.sent["policy"] = ((frame.get("revision"), frame.get("cloud_config_revision")), self.heartbeats, now)
+            self.sent["policy"] = ((frame.get("revision"), tuple(frame.get(k) for k in REPORTED)), self.heartbeats, now)
         elif frame.get("type") == "update":
             self.sent["update"] = (frame.get("rollout"), self.heartbeats, now)
 
     def _missed(self, kind: str, carried) -> bool:
         """Did this socket not carry ``carried`` (of the last ``kind`` frame it sent: "policy" →
-        (revision, cloud-config revision), "update" → rollout), or carry it long enough ago that
+        (revision, the REPORTED fields' values), "update" → rollout), or carry it long enough ago that
         the agent should have reported it?  Only the last frame of each kind is remembered: a
         socket open for months keeps two entries."""
         last = self.sent.get(kind)
@@ -179,11 +182,13 @@ class AgentConsumer(PlainWebsocket):
         if self.host_id is None or not self.ready:
             return
         revision = expected["revision"]
-        cloud_config = expected["reported"].get("cloud_config_revision")
-        policy = ((self.reported_revision != revision
-                   or (None not in (self.reported_cloud_config, cloud_config)
-                       and self.reported_cloud_config != cloud_config))
-                  and self._missed("policy", (revision, cloud_config)))
+        should = expected["reported"]
+        # A field counts when both sides know it (an older agent reports none; a server without
+        # etcd authentication has no credentials' revision).
+        behind = self.reported_revision != revision or any(
+            should.get(k) is not None and self.reported_fields.get(k) is not None
+            and self.reported_fields[k] != should[k] for k in REPORTED)
+        policy = behind and self._missed("policy", (revision, tuple(should.get(k) for k in REPORTED)))
         rollout = None
         grant = expected.get("grant")
         if grant is not None:
@@ -304,8 +309,9 @@ class AgentConsumer(PlainWebsocket):
         self.reported_rollout = msg.get("rollout")
         if "policy_revision" in msg:
             self.reported_revision = msg["policy_revision"]
-        if "cloud_config_revision" in msg:
-            self.reported_cloud_config = msg["cloud_config_revision"]
+        for k in REPORTED:
+            if k in msg:
+                self.reported_fields[k] = msg[k]
         fields = {**st, "last_seen": timezone.now(), "online": True}
         now = asyncio.get_running_loop().time()
         if now - self.reconciled_at >= RECONCILE_EVERY:

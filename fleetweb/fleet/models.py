@@ -620,7 +620,9 @@ class HostManager(models.Manager):
                     .values_list("pk", "group_id", "group__policy_revision"))
         reported = {group.pk: policy_extras.reported_fields(group)
                     for group in Group.objects.filter(pk__in={group_id for _pk, group_id, _rev in rows})}
-        out = {pk: {"revision": revision, "grant": None, "reported": reported.get(group_id, {})}
+        own = policy_extras.reported_host_fields([pk for pk, _group_id, _rev in rows])
+        out = {pk: {"revision": revision, "grant": None,
+                    "reported": {**reported.get(group_id, {}), **own.get(pk, {})}}
                for pk, group_id, revision in rows}
         for rh in RolloutHost.objects.in_flight_for_hosts(list(out)):
             if out[rh.host_id]["grant"] is None:  # newest first

@@ -50,6 +50,25 @@ def reported_fields(group) -> dict:
     return _merged(_reported_contributors, group)
 
 
+_reported_host_contributors: list[Callable] = []
+
+
+def reported_host_contributor(func: Callable) -> Callable:
+    """The same for the fields of a host's own frame (its etcd credentials' revision).  A contributor
+    takes a list of host ids (a batch of heartbeats) and returns ``{host_id: {field: value}}``."""
+    if func not in _reported_host_contributors:
+        _reported_host_contributors.append(func)
+    return func
+
+
+def reported_host_fields(host_ids: list) -> dict:
+    out: dict = {}
+    for func in _reported_host_contributors:
+        for host_id, fields in (func(host_ids) or {}).items():
+            out.setdefault(host_id, {}).update(fields)
+    return out
+
+
 def host_fields(host) -> dict:
     return _merged(_host_contributors, host)
 

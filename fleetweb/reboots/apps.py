@@ -15,6 +15,7 @@ class RebootsConfig(AppConfig):
 
         policy.contributor(signals.policy_fields)
         policy.host_contributor(signals.host_policy_fields)
+        policy.reported_host_contributor(signals.reported_host_fields)
         post_init.connect(signals.remember_max, sender=Group, dispatch_uid="reboots-remember-max")
         post_save.connect(signals.max_changed, sender=Group, dispatch_uid="reboots-max-changed")
         signals.schedule_sync()

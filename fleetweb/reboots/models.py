@@ -180,6 +180,8 @@ class HostEtcdAccount(models.Model):
     username = models.CharField(max_length=100, unique=True)
     role = models.CharField(max_length=100)
     password_encrypted = models.TextField(help_text="Fernet-encrypted at rest (it is given to the host)")
+    revision = models.PositiveIntegerField(
+        default=1, help_text="Bumped by each rotation; the host's agent reports the one it applied")
     provisioned_at = models.DateTimeField(null=True, blank=True)
     provisioned_cluster = models.CharField(max_length=1000, blank=True)
     provisioned_group_id = models.BigIntegerField(null=True, blank=True)
@@ -214,7 +216,8 @@ class HostEtcdAccount(models.Model):
     def rotate_password(self, host) -> None:
         """A new password, provisioned at once (the old one stops working)."""
         self.password_encrypted = _fernet().encrypt(pysecrets.token_urlsafe(32).encode()).decode()
-        self.save(update_fields=["password_encrypted"])
+        self.revision += 1
+        self.save(update_fields=["password_encrypted", "revision"])
         self.provision(host)
 
     def remove(self) -> None:
@@ -223,7 +226,8 @@ class HostEtcdAccount(models.Model):
         self.delete()
 
     def policy_fields(self) -> dict:
-        return {"etcd_username": self.username, "etcd_password": self.password}
+        return {"etcd_username": self.username, "etcd_password": self.password,
+                "etcd_credentials_revision": self.revision}
 
 
 # ---------------------------------------------------------------------------------------------

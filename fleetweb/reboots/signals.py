@@ -46,6 +46,19 @@ def host_policy_fields(host) -> dict:
     return HostEtcdAccount.objects.for_policy(host).policy_fields()
 
 
+def reported_host_fields(host_ids: list) -> dict:
+    """The etcd credentials' revision each host's agent should report (its last rotation): a
+    rotation whose push was lost is resent on the host's next heartbeat."""
+    from django.conf import settings
+
+    from .models import HostEtcdAccount
+
+    if not etcd.configured() or not settings.ETCD_USERNAME:
+        return {}
+    return {host_id: {"etcd_credentials_revision": revision} for host_id, revision
+            in HostEtcdAccount.objects.filter(host__pk__any=list(host_ids)).values_list("host_id", "revision")}
+
+
 def remember_max(sender, instance, **kwargs):
     # Only when loaded: a deferred field (``.only(...)``) must not cost a query here.
     instance._reboots_max = instance.__dict__.get("max_concurrent_reboots")

@@ -1,6 +1,7 @@
 """``agent run`` against a tiny in-test websockets server on 127.0.0.1 (the real server is tested elsewhere)."""
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -217,6 +218,23 @@ def test_a_status_reports_the_cloud_config_revision_last_synced(fake_server, reg
     res = run_agent("run", "--once", "--state-dir", str(config.state_dir))
     assert res.returncode == cfg.EXIT_OK, res.stderr
     assert srv.status["cloud_config_revision"] == 12 and srv.status["policy_revision"] == 3
+
+
+def test_a_status_reports_the_etcd_credentials_revision_applied_never_the_password(fake_server, registered):
+    """The server resends the host's policy to an agent still on older etcd credentials (a rotation
+    whose push was lost): the status says which revision it applied, and nothing secret."""
+    def script(srv, ws, i):
+        srv.recv(ws, "hello")
+        ws.send(policy(3, "stable", "reboot", etcd_username="host-web-1", etcd_password="s3cret-pw",
+                       etcd_credentials_revision=4))
+        srv.status = srv.recv(ws, "status")
+
+    srv = fake_server(script)
+    config = registered(srv.url)
+    res = run_agent("run", "--once", "--state-dir", str(config.state_dir))
+    assert res.returncode == cfg.EXIT_OK, res.stderr
+    assert srv.status["etcd_credentials_revision"] == 4 and srv.status["policy_revision"] == 3
+    assert "s3cret-pw" not in json.dumps(srv.status)
 
 
 def test_a_busy_server_closing_1013_is_retried_after_the_backoff(fake_server, registered):

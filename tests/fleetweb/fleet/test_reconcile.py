@@ -20,6 +20,7 @@ from fleetweb.core.hub import hub
 from fleetweb.fleet.models import Group
 from fleetweb.updates.models import Release
 from tests.conftest import partitions
+from tests.fleetweb.reboots.test_isolation import ROOT_PASSWORD, auth_etcd  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -187,4 +188,64 @@ async def test_a_cloud_config_change_pushed_while_redis_is_down_reaches_the_agen
         assert time.monotonic() < deadline, "the policy with the new cloud-config revision never came"
     assert pushed["cloud_config_revision"] == revision.pk and pushed["revision"] == first["revision"]
     protocol.validate(pushed, "server")
+    await comm.disconnect()
+
+
+async def test_an_etcd_password_rotated_while_redis_is_down_reaches_the_agent_by_its_heartbeats(
+        private_redis, auth_etcd, host, alice):  # noqa: F811
+    """A rotation moves no policy revision either: the host's own policy frame carries its etcd
+    credentials and their ``etcd_credentials_revision``, which the agent reports back once applied.
+    The old password stops working at once, so a lost push would leave the host locked out of its
+    reboot lock until the next change of its group."""
+    from fleetweb.reboots import etcd
+
+    await sync_to_async(etcd.enable_auth)([auth_etcd.url], "root", ROOT_PASSWORD)
+    await sync_to_async(etcd.reset_client)()
+    comm = await connect(host.credential)
+    await comm.send_to(text_data=json.dumps(hello()))
+    first = await next_frame(comm, "policy")
+    applied = first["etcd_credentials_revision"]
+    assert first["etcd_password"] and isinstance(applied, int)
+    stop(private_redis)
+
+    response = await sync_to_async(alice.post)(f"/api/v1/hosts/{host.pk}/rotate-etcd-credentials")
+    assert response.status_code == 200, response.content
+    assert hub.lost >= 1  # its push was lost with Redis
+
+    seq, deadline = 0, time.monotonic() + 60
+    while True:
+        seq += 1
+        await comm.send_to(text_data=protocol.encode("status", "agent", update_status="IDLE", seq=seq,
+                                                     policy_revision=first["revision"],
+                                                     etcd_credentials_revision=applied))
+        if not await comm.receive_nothing(timeout=0.3):
+            pushed = await next_frame(comm, "policy")
+            break
+        assert time.monotonic() < deadline, "the policy with the new etcd password never came"
+    assert pushed["etcd_credentials_revision"] == applied + 1 and pushed["revision"] == first["revision"]
+    assert pushed["etcd_username"] == first["etcd_username"] and pushed["etcd_password"] != first["etcd_password"]
+    protocol.validate(pushed, "server")
+
+    # Once the agent reports the new revision, its heartbeats bring no copy of that frame.  Observable
+    # without waiting for "nothing": a switch is then lost with Redis too, and the next policy frame
+    # the agent gets is the switch's new revision.
+    for _ in range(3):
+        seq += 1
+        await comm.send_to(text_data=protocol.encode("status", "agent", update_status="IDLE", seq=seq,
+                                                     policy_revision=first["revision"],
+                                                     etcd_credentials_revision=applied + 1))
+    response = await sync_to_async(alice.patch)(f"/api/v1/groups/{host.group_id}/", {"channel": "beta"}, format="json")
+    assert response.status_code == 200, response.content
+    deadline = time.monotonic() + 60
+    while True:  # a heartbeat asks for reconciliation at most once a second
+        seq += 1
+        await comm.send_to(text_data=protocol.encode("status", "agent", update_status="IDLE", seq=seq,
+                                                     policy_revision=first["revision"],
+                                                     etcd_credentials_revision=applied + 1))
+        if not await comm.receive_nothing(timeout=0.3):
+            switched = await next_frame(comm, "policy")
+            break
+        assert time.monotonic() < deadline, "the switch never came"
+    assert (switched["revision"], switched["channel"]) == (first["revision"] + 1, "beta")
+    assert switched["etcd_password"] == pushed["etcd_password"]  # the host's own fields ride along
     await comm.disconnect()
