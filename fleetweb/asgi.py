@@ -114,8 +114,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from fleetweb.core import live, redact  # noqa: E402
 from fleetweb.core.bodylimit import BodyLimit  # noqa: E402
 from fleetweb.core.routing import websocket_urlpatterns as ui_routes  # noqa: E402
-from fleetweb.fleet.routing import http_routes  # noqa: E402
-from fleetweb.fleet.routing import websocket_urlpatterns as agent_routes  # noqa: E402
+from fleetweb.fleet.routing import http_routes, websocket_routes  # noqa: E402
 
 
 async def http(scope, receive, send):
@@ -131,7 +130,7 @@ redact.install()  # after the ASGI server configured its loggers
 
 router = ProtocolTypeRouter({
     "http": BodyLimit(http),
-    "websocket": URLRouter(agent_routes + ui_routes),
+    "websocket": URLRouter(ui_routes),
 })
 
 
@@ -145,4 +144,8 @@ async def application(scope, receive, send):
     # Dashboard notices from this process's worker threads are batched on its event loop.
     if live.needs_loop():
         live.bind_loop()
+    if scope["type"] == "websocket":
+        consumer = websocket_routes.get(scope["path"])
+        if consumer is not None:  # the agents' socket: no router frames kept for its whole life
+            return await consumer()(scope, receive, send)
     return await router(scope, receive, send)

@@ -13,16 +13,10 @@ from __future__ import annotations
 
 class PlainWebsocket:
     """Subclasses implement ``connect`` (call ``accept`` or ``close``), ``receive`` and
-    ``disconnect``.  An exception from a handler ends the socket (the server closes it with 1011)."""
+    ``disconnect``.  An exception from a handler ends the socket (the server closes it with 1011).
+    An instance is the ASGI application of one socket: ``await Consumer()(scope, receive, send)``."""
 
     scope: dict
-
-    @classmethod
-    def as_asgi(cls):
-        async def app(scope, receive, send):
-            await cls()(scope, receive, send)
-        app.consumer_class = cls
-        return app
 
     async def __call__(self, scope, receive, send) -> None:
         self.scope = scope

@@ -1,5 +1,3 @@
-from django.urls import path
-
 from .api.views import register_endpoint
 from .consumers import AgentConsumer
 
@@ -8,6 +6,8 @@ http_routes = {
     ("POST", "/api/v1/agents/register"): register_endpoint,
 }
 
-websocket_urlpatterns = [
-    path("ws/agent/", AgentConsumer.as_asgi()),
-]
+# Websockets served ahead of channels' router by exact path (scope path -> a PlainWebsocket class):
+# every agent socket lives for months, and each router level stays on its stack (about 1 KiB each).
+websocket_routes = {
+    "/ws/agent/": AgentConsumer,
+}
