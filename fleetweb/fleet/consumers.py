@@ -138,6 +138,11 @@ class AgentConsumer(PlainWebsocket):
                 "hostname": self.hostname})
             await offline.flush(self.host_id, self.connection_id)
 
+    @staticmethod
+    def _now() -> float:
+        """The clock of reconciliation's timings (the event loop's; tests drive a fake one)."""
+        return asyncio.get_running_loop().time()
+
     async def _close_with(self, code: int) -> None:
         await self.close(code=code)
 
@@ -155,7 +160,7 @@ class AgentConsumer(PlainWebsocket):
 
     def _sending(self, frame: dict) -> None:
         """Remember which policy revision / grant this socket carried (for reconciliation)."""
-        now = asyncio.get_running_loop().time()
+        now = self._now()
         if frame.get("type") == "policy":
             self.sent["policy"] = ((frame.get("revision"), tuple(frame.get(k) for k in REPORTED)), self.heartbeats, now)
         elif frame.get("type") == "update":
@@ -171,7 +176,7 @@ class AgentConsumer(PlainWebsocket):
             return True
         _carried, heartbeats, at = last
         return (self.heartbeats - heartbeats >= RESEND_AFTER_HEARTBEATS
-                and asyncio.get_running_loop().time() - at >= RESEND_AFTER_SECONDS)
+                and self._now() - at >= RESEND_AFTER_SECONDS)
 
     def _reconcile(self, expected: dict) -> None:
         """After a heartbeat is written: resend what the agent missed (issue 10 §3).  Pushes travel
@@ -313,7 +318,7 @@ class AgentConsumer(PlainWebsocket):
             if k in msg:
                 self.reported_fields[k] = msg[k]
         fields = {**st, "last_seen": timezone.now(), "online": True}
-        now = asyncio.get_running_loop().time()
+        now = self._now()
         if now - self.reconciled_at >= RECONCILE_EVERY:
             self.reconciled_at = now
             fields["reconcile"] = True

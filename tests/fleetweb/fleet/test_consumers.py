@@ -166,3 +166,45 @@ async def test_a_frame_writes_only_what_it_carries(host):
     assert stored.status_seq == 2
     assert stored.partitions == booted
     assert (stored.version, stored.update_status, stored.online) == ("100.0.0", "IDLE", False)
+
+
+async def test_a_heartbeat_asks_for_reconciliation_at_most_once_a_second(host, monkeypatch):
+    """Reconciliation reads what the server expects of the host after the write: once per second
+    per socket is enough (a resend waits a second anyway), not for each of the several status
+    frames a second an agent sends while it downloads.  On a fake clock."""
+    import asyncio
+
+    from fleetweb.fleet import consumers
+    from fleetweb.fleet.writer import writer
+
+    clock = [1000.0]
+    monkeypatch.setattr(consumers.AgentConsumer, "_now", staticmethod(lambda: clock[0]))
+    asked = []
+    submit = writer.submit
+
+    async def recording(host_id, connection_id, fields):
+        if "update_status" in fields:
+            asked.append(bool(fields.get("reconcile")))
+        await submit(host_id, connection_id, fields)
+
+    monkeypatch.setattr(writer, "submit", recording)
+    comm = await connect(host.credential)
+    await comm.send_to(text_data=json.dumps(hello()))
+    await comm.receive_from()
+
+    async def statuses(count):
+        seen = len(asked)
+        for _ in range(count):
+            await comm.send_to(text_data=protocol.encode("status", "agent", update_status="IDLE"))
+        for _ in range(1200):  # until the socket handled them (up to 60 s on a loaded machine)
+            if len(asked) == seen + count:
+                return asked[seen:]
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{len(asked) - seen} of {count} status frames handled")
+
+    assert await statuses(3) == [True, False, False]
+    clock[0] += consumers.RECONCILE_EVERY - 0.01
+    assert await statuses(1) == [False]
+    clock[0] += 0.01
+    assert await statuses(2) == [True, False]
+    await comm.disconnect()
