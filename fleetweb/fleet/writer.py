@@ -186,6 +186,10 @@ class StatusWriter(TickWriter):
                 bulk.update_rows(Host, columns, ("id", "connection_id"), rows)
             if reports:
                 RolloutHost.objects.report_statuses(reports)
+            booted = {host_id: values["partitions"] for (host_id, _conn), values in batch.items()
+                      if "partitions" in values}
+            if booted:
+                RolloutHost.objects.complete_booted(booted)
         asking = {key for key, values in batch.items() if values.get("reconcile")}
         if not asking:
             return {}

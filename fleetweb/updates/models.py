@@ -606,6 +606,34 @@ class RolloutHostManager(models.Manager.from_queryset(RolloutHostQuerySet)):
             transaction.on_commit(lambda: rh.rollout.broadcast())
         return moved
 
+    def complete_booted(self, partitions_of: dict) -> list:
+        """Hosts whose heartbeat shows the new version booted and marked good: their rollout entry
+        succeeds, as if their ``booted_new_version`` event had come.  ``partitions_of`` maps a host id
+        to the partitions its status frame reported.
+
+        The agent sends that event right after the status that shows the partition marked good; a
+        web process killed between the two (or a socket cut) lost it for good, and the rollout
+        waited for the entry until its update timeout failed it (tests/faults).  A late event
+        changes nothing more (``finish`` records a final state once).  Returns the entries finished."""
+        booted = {}
+        for host_id, parts in partitions_of.items():
+            active = next((p for p in parts or () if p.get("active")), None)
+            if active and active.get("successful") is True and isinstance(active.get("version"), str):
+                booted[host_id] = active["version"]
+        if not booted:
+            return []
+        waiting = (self.filter(host__pk__any=list(booted), rollout__status=RolloutStatus.RUNNING,
+                               state__in=(HostUpdateState.NEED_REBOOT, HostUpdateState.REBOOTING))
+                   .values_list("host_id", "rollout_id", "rollout__release__version"))
+        finished = []
+        for host_id, rollout_id, version in waiting:
+            if booted.get(host_id) == version:
+                rh = self.report_event(host_id, "booted_new_version", {"rollout": rollout_id, "version": version})
+                if rh is not None:
+                    log.info("host %s booted %s (its heartbeat says so; the event did not come)", host_id, version)
+                    finished.append(rh)
+        return finished
+
     def report_statuses(self, reports: list[tuple]) -> None:
         """Update progress of many agents, ``(host_id, connection_id, rollout_id, agent status, progress)``,
         in one statement batch inside the caller's transaction (the heartbeat group commit).

@@ -115,3 +115,36 @@ async def _is(entry, expected) -> bool:
 
 async def _seq(host, seq) -> bool:
     return (await Host.objects.aget(pk=host.pk)).status_seq == seq
+
+
+async def test_a_heartbeat_showing_the_new_version_booted_and_marked_good_finishes_the_entry(granted):
+    """The agent reports the partition marked good, then sends ``booted_new_version``; a web process
+    killed between the two lost the event, and the entry waited in "rebooting" until the update
+    timeout failed it.  The heartbeat itself finishes it; the event, when it comes, changes nothing."""
+    host, entry = granted
+    await sync_to_async(lambda: RolloutHost.objects.filter(pk=entry.pk).update(state=HostUpdateState.REBOOTING))()
+    comm = await connect(host.credential)
+    await comm.send_to(text_data=json.dumps(hello(hostname="web-00")))
+    await comm.receive_from()
+    # Booted the new version, not yet marked good (the health check runs): nothing moves.
+    trying = partitions(active="USR-B", version_b="101.0.0")
+    trying[1].update(successful=False, tries=1)
+    await comm.send_to(text_data=status(1, "IDLE", partitions=trying, version="101.0.0"))
+    await until(lambda: _seq(host, 1))
+    assert (await entry_state(entry))[0] == HostUpdateState.REBOOTING
+    # Another version on the active partition, marked good: not this rollout's either.
+    await comm.send_to(text_data=status(2, "IDLE", partitions=partitions(active="USR-A", version_a="100.0.0",
+                                                                          version_b="101.0.0"), version="100.0.0"))
+    await until(lambda: _seq(host, 2))
+    assert (await entry_state(entry))[0] == HostUpdateState.REBOOTING
+    # Marked good on the rollout's version: the entry succeeds without any event.
+    good = partitions(active="USR-B", version_b="101.0.0")
+    good[1]["successful"] = True
+    await comm.send_to(text_data=status(3, "IDLE", partitions=good, version="101.0.0"))
+    await until(lambda: _is(entry, (HostUpdateState.SUCCEEDED, entry.progress)))
+    await comm.send_to(text_data=protocol.encode("event", "agent", kind="booted_new_version",
+                                                 data={"version": "101.0.0", "rollout": entry.rollout_id}))
+    await comm.send_to(text_data=status(4, "IDLE", partitions=good, version="101.0.0"))
+    await until(lambda: _seq(host, 4))
+    assert (await entry_state(entry))[0] == HostUpdateState.SUCCEEDED
+    await comm.disconnect()
