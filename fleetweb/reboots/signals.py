@@ -32,16 +32,19 @@ def policy_fields(group) -> dict:
     return fields
 
 
-def host_policy_fields(host) -> dict:
-    """The host's own etcd user (issue 9 §8), only in frames sent to that host, never to a group.
-
-    Without etcd auth (no ETCD_USERNAME) etcd refuses any login, so none is sent.
-    """
+def _host_accounts() -> bool:
+    """Whether hosts get etcd users of their own: without etcd auth (no ETCD_USERNAME) etcd refuses
+    any login, so no credentials are sent and none are reconciled."""
     from django.conf import settings
 
+    return etcd.configured() and bool(settings.ETCD_USERNAME)
+
+
+def host_policy_fields(host) -> dict:
+    """The host's own etcd user (issue 9 §8), only in frames sent to that host, never to a group."""
     from .models import HostEtcdAccount
 
-    if not etcd.configured() or not settings.ETCD_USERNAME:
+    if not _host_accounts():
         return {}
     return HostEtcdAccount.objects.for_policy(host).policy_fields()
 
@@ -49,11 +52,9 @@ def host_policy_fields(host) -> dict:
 def reported_host_fields(host_ids: list) -> dict:
     """The etcd credentials' revision each host's agent should report (its last rotation): a
     rotation whose push was lost is resent on the host's next heartbeat."""
-    from django.conf import settings
-
     from .models import HostEtcdAccount
 
-    if not etcd.configured() or not settings.ETCD_USERNAME:
+    if not _host_accounts():
         return {}
     return {host_id: {"etcd_credentials_revision": revision} for host_id, revision
             in HostEtcdAccount.objects.filter(host__pk__any=list(host_ids)).values_list("host_id", "revision")}

@@ -80,6 +80,18 @@ async def next_frame(comm, kind, timeout=30):
             return frame
 
 
+async def heartbeats_until_a_policy(comm, seq, what, **reported):
+    """Send IDLE status frames reporting ``reported`` until a frame comes back (a heartbeat asks for
+    reconciliation at most once a second; the writer's tick is 50 ms); returns (seq, the policy)."""
+    deadline = time.monotonic() + 60
+    while True:
+        seq += 1
+        await comm.send_to(text_data=protocol.encode("status", "agent", update_status="IDLE", seq=seq, **reported))
+        if not await comm.receive_nothing(timeout=0.3):
+            return seq, await next_frame(comm, "policy")
+        assert time.monotonic() < deadline, f"{what} never came"
+
+
 @pytest.fixture
 def host(web_group, make_host):
     return make_host(web_group, hostname="web-1")
@@ -176,16 +188,8 @@ async def test_a_cloud_config_change_pushed_while_redis_is_down_reaches_the_agen
 
     # The agent still reports the revision it synced: after two heartbeats and a second since the
     # policy it has, the server resends the policy, which carries the new revision.
-    seq, deadline = 0, time.monotonic() + 60
-    while True:
-        seq += 1
-        await comm.send_to(text_data=protocol.encode("status", "agent", update_status="IDLE", seq=seq,
-                                                     policy_revision=first["revision"],
-                                                     cloud_config_revision=synced))
-        if not await comm.receive_nothing(timeout=0.3):  # a frame came (the writer's tick is 50 ms)
-            pushed = await next_frame(comm, "policy")
-            break
-        assert time.monotonic() < deadline, "the policy with the new cloud-config revision never came"
+    _seq, pushed = await heartbeats_until_a_policy(comm, 0, "the policy with the new cloud-config revision",
+                                                   policy_revision=first["revision"], cloud_config_revision=synced)
     assert pushed["cloud_config_revision"] == revision.pk and pushed["revision"] == first["revision"]
     protocol.validate(pushed, "server")
     await comm.disconnect()
@@ -212,16 +216,8 @@ async def test_an_etcd_password_rotated_while_redis_is_down_reaches_the_agent_by
     assert response.status_code == 200, response.content
     assert hub.lost >= 1  # its push was lost with Redis
 
-    seq, deadline = 0, time.monotonic() + 60
-    while True:
-        seq += 1
-        await comm.send_to(text_data=protocol.encode("status", "agent", update_status="IDLE", seq=seq,
-                                                     policy_revision=first["revision"],
-                                                     etcd_credentials_revision=applied))
-        if not await comm.receive_nothing(timeout=0.3):
-            pushed = await next_frame(comm, "policy")
-            break
-        assert time.monotonic() < deadline, "the policy with the new etcd password never came"
+    seq, pushed = await heartbeats_until_a_policy(comm, 0, "the policy with the new etcd password",
+                                                  policy_revision=first["revision"], etcd_credentials_revision=applied)
     assert pushed["etcd_credentials_revision"] == applied + 1 and pushed["revision"] == first["revision"]
     assert pushed["etcd_username"] == first["etcd_username"] and pushed["etcd_password"] != first["etcd_password"]
     protocol.validate(pushed, "server")
@@ -236,16 +232,8 @@ async def test_an_etcd_password_rotated_while_redis_is_down_reaches_the_agent_by
                                                      etcd_credentials_revision=applied + 1))
     response = await sync_to_async(alice.patch)(f"/api/v1/groups/{host.group_id}/", {"channel": "beta"}, format="json")
     assert response.status_code == 200, response.content
-    deadline = time.monotonic() + 60
-    while True:  # a heartbeat asks for reconciliation at most once a second
-        seq += 1
-        await comm.send_to(text_data=protocol.encode("status", "agent", update_status="IDLE", seq=seq,
-                                                     policy_revision=first["revision"],
-                                                     etcd_credentials_revision=applied + 1))
-        if not await comm.receive_nothing(timeout=0.3):
-            switched = await next_frame(comm, "policy")
-            break
-        assert time.monotonic() < deadline, "the switch never came"
+    _seq, switched = await heartbeats_until_a_policy(comm, seq, "the switch", policy_revision=first["revision"],
+                                                     etcd_credentials_revision=applied + 1)
     assert (switched["revision"], switched["channel"]) == (first["revision"] + 1, "beta")
     assert switched["etcd_password"] == pushed["etcd_password"]  # the host's own fields ride along
     await comm.disconnect()
