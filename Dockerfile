@@ -27,4 +27,4 @@ RUN pip install --no-deps -e . \
 USER fleetweb
 EXPOSE 8000
 CMD ["uvicorn", "fleetweb.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--ws-max-size", "1048576", \
-     "--ws-ping-interval", "30", "--ws-ping-timeout", "120"]
+     "--ws-ping-interval", "30", "--ws-ping-timeout", "120", "--ws-per-message-deflate", "false"]

@@ -18,6 +18,11 @@ from agent.protocol import CLOSE_RATE_LIMITED, CLOSE_REPLACED, CLOSE_REVOKED, CL
 log = logging.getLogger("agent.connection")
 
 OPEN_TIMEOUT = 15.0
+# No per-message deflate (the websockets client offers it by default).  Frames are a few hundred
+# bytes of JSON, and a compressed socket holds a zlib compressor and decompressor on both ends:
+# measured with bench/fanin.py at 5,000 agents, 58 KiB of server memory per connection instead of
+# 25, and 18 % fewer status frames stored per second.
+COMPRESSION = None
 
 
 class State(enum.Enum):
@@ -104,7 +109,7 @@ class Connection:
             self.ws = await connect(
                 self.url, additional_headers={"Authorization": f"Bearer {self._credential}"},
                 open_timeout=OPEN_TIMEOUT, ping_interval=20, ping_timeout=20, close_timeout=5,
-                user_agent_header="fleet-agent",
+                user_agent_header="fleet-agent", compression=COMPRESSION,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code

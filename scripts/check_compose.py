@@ -6,6 +6,7 @@
 - every ``depends_on`` target exists, with a valid condition; ``service_healthy`` targets have a healthcheck;
 - named volumes used by services are declared; the app services get the environment the settings read;
 - web runs several processes behind its port: ``--workers`` with a number or ``${FLEET_WEB_PROCESSES...}``;
+- web and the Dockerfile's CMD pass the websocket options of ``make run`` (scripts/webserver.py);
 - the Dockerfile starts FROM python:3.11-slim-bookworm.
 
     .venv/bin/python scripts/check_compose.py [docker-compose.yml]     exit 0 = ok, 1 = problems listed
@@ -13,10 +14,14 @@ Importable: ``check(path) -> list[str]`` (empty when fine).
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import webserver  # noqa: E402  (scripts/webserver.py: the web process's websocket options)
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_HEALTHCHECK = {"beat", "migrate"}      # beat has no port to probe; migrate exits
@@ -34,14 +39,31 @@ def _env_names(env) -> set[str]:
     return set()
 
 
+def _args(command) -> list[str]:
+    return command.split() if isinstance(command, str) else [str(a) for a in command or []]
+
+
 def _web_workers_problems(command) -> list[str]:
-    args = command.split() if isinstance(command, str) else [str(a) for a in command or []]
+    args = _args(command)
     if "--workers" not in args or args.index("--workers") + 1 >= len(args):
         return ["web: command lacks --workers N (FLEET_WEB_PROCESSES web processes behind one port)"]
     value = args[args.index("--workers") + 1]
     if not (value.isdigit() and int(value) >= 1) and not value.startswith("${FLEET_WEB_PROCESSES"):
         return [f"web: --workers {value!r} is neither a number nor ${{FLEET_WEB_PROCESSES:-N}}"]
     return []
+
+
+def _dockerfile_cmd(text: str) -> list[str]:
+    """The last CMD of a Dockerfile in its exec (JSON) form, continuation lines joined."""
+    joined = text.replace("\\\n", " ")
+    cmds = [ln.strip()[3:].strip() for ln in joined.splitlines() if ln.strip().upper().startswith("CMD ")]
+    if not cmds:
+        return []
+    try:
+        args = json.loads(cmds[-1])
+    except ValueError:
+        return cmds[-1].split()
+    return [str(a) for a in args] if isinstance(args, list) else []
 
 
 def check(path: str | Path = ROOT / "docker-compose.yml") -> list[str]:
@@ -97,6 +119,8 @@ def check(path: str | Path = ROOT / "docker-compose.yml") -> list[str]:
                 problems.append(f"{name}: no command")
         if name == "web":
             problems += _web_workers_problems(svc.get("command"))
+            problems += [f"web: command lacks {option} (scripts/webserver.py)"
+                         for option in webserver.missing_from(_args(svc.get("command")))]
 
     dockerfile = path.parent / "Dockerfile"
     if dockerfile.is_file():
@@ -104,6 +128,8 @@ def check(path: str | Path = ROOT / "docker-compose.yml") -> list[str]:
                            if ln.strip().upper().startswith("FROM ")), "")
         if first_from != "python:3.11-slim-bookworm":
             problems.append(f"Dockerfile: FROM {first_from!r}, expected python:3.11-slim-bookworm")
+        problems += [f"Dockerfile: CMD lacks {option} (scripts/webserver.py)"
+                     for option in webserver.missing_from(_dockerfile_cmd(dockerfile.read_text()))]
     return problems
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import services  # noqa: E402  (scripts/services.py, stdlib only)
+import webserver  # noqa: E402  (scripts/webserver.py, stdlib only)
 
 ROOT = services.ROOT
 VAR = services.VAR
@@ -116,7 +117,7 @@ def web_command(port: int, processes: int) -> list[str]:
     each restarted when it dies (see README, Processes)."""
     return [str(BIN / "uvicorn"), "fleetweb.asgi:application", "--host", "127.0.0.1", "--port", str(port),
             "--workers", str(processes), "--timeout-worker-healthcheck", str(WORKER_HEALTHCHECK_TIMEOUT),
-            "--ws-max-size", "1048576", "--ws-ping-interval", "30", "--ws-ping-timeout", "120"]
+            *webserver.WEBSOCKET_ARGS]
 
 
 def _stat(pid: int | str) -> tuple[str, int, int] | None:
