@@ -94,7 +94,8 @@ class Agent:
         self.first_policy = asyncio.get_running_loop().create_future()
         try:
             self.ws = await connect(url, additional_headers={"Authorization": f"Bearer {self.secret}"},
-                                    compression=None, open_timeout=timeout, ping_interval=None,
+                                    compression=None,  # as the agent (agent/connection.py)
+                                    open_timeout=timeout, ping_interval=None,
                                     close_timeout=2, max_size=2 ** 20, write_limit=4096)
         except Exception as exc:
             if not quiet:

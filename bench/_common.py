@@ -24,6 +24,9 @@ from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from scripts.webserver import WEBSOCKET_ARGS  # noqa: E402  (the web process's options, as make run's)
+
 ORIG_ENV = dict(os.environ)  # before setup_django() exports fleetweb's settings (the peer must not see them)
 BIN = Path(sys.executable).parent
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -291,8 +294,7 @@ PARTITIONS = [
 
 
 # -- the server -------------------------------------------------------------------------------
-UVICORN_ARGS = ["--ws-max-size", "1048576", "--ws-ping-interval", "30", "--ws-ping-timeout", "120",
-                "--no-access-log", "--loop", "uvloop", "--http", "httptools", "--backlog", "4096"]
+UVICORN_ARGS = [*WEBSOCKET_ARGS, "--no-access-log", "--loop", "uvloop", "--http", "httptools", "--backlog", "4096"]
 
 
 def start_uvicorn(env: dict, port: int, log_path: Path, *, workers: int = 1) -> subprocess.Popen:

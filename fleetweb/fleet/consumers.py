@@ -25,7 +25,7 @@ from fleetweb.core.websocket import PlainWebsocket
 from . import sweeper
 from .choices import EventKind
 from .ratelimit import FrameLimiter
-from .writer import Overloaded, acks, hellos, logins, offline, writer
+from .writer import Overloaded, acks, hellos, logins, offline, resends, writer
 
 log = logging.getLogger(__name__)
 
@@ -205,17 +205,11 @@ class AgentConsumer(PlainWebsocket):
             asyncio.ensure_future(self._resend(policy, rollout))
 
     async def _resend(self, policy: bool, rollout: int | None) -> None:
-        frames = await self._resend_frames(policy, rollout)
+        frames = await resends.frames(self.host_id, policy, rollout)
         for frame in frames:
             log.info("host %s: resending its %s frame (%s)", self.host_id, frame["type"],
                      f"revision {frame.get('revision')}" if frame["type"] == "policy" else f"rollout {rollout}")
             await self._from_host_key(json.dumps(frame, separators=(",", ":")))
-
-    @database_sync_to_async
-    def _resend_frames(self, policy: bool, rollout: int | None) -> list[dict]:
-        from .models import Host
-
-        return Host.objects.resend_frames(self.host_id, policy, rollout)
 
     def _remember_secrets(self, frame: dict) -> None:
         self.host_secrets = {k: frame[k] for k in HOST_SECRET_FIELDS if k in frame}

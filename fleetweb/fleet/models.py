@@ -629,21 +629,34 @@ class HostManager(models.Manager):
                 out[rh.host_id]["grant"] = (rh.rollout_id, rh.rollout.release.version)
         return out
 
-    def resend_frames(self, host_id, policy: bool, rollout_id: int | None) -> list[dict]:
-        """The frames a host's agent missed: its policy, and the update frame of its unfinished grant
-        in ``rollout_id``.  Nothing when the host is gone or the grant finished meanwhile."""
+    def resend_frames(self, requests: list[tuple]) -> list[list[dict]]:
+        """The frames agents missed, for a batch of reconciliations ``(host_id, policy, rollout_id)``:
+        per request its policy when ``policy`` is true, and the update frame of its unfinished grant in
+        ``rollout_id``; nothing for a host that is gone or a grant that finished meanwhile.  A few
+        queries for the whole batch and each group's policy built once: after Redis was down during a
+        switch of a 10,000-host group, every heartbeat of the next interval asks for one."""
         from fleetweb.updates.models import RolloutHost
 
-        host = self.select_related("group__channel", "group__organization").filter(pk=host_id).first()
-        if host is None:
-            return []
-        frames = [host.policy()] if policy else []
-        if rollout_id is not None:
-            rh = next((rh for rh in RolloutHost.objects.in_flight_for_hosts([host_id]) if rh.rollout_id == rollout_id),
-                      None)
+        ids = list({host_id for host_id, _policy, _rollout in requests})
+        hosts = {h.pk: h for h in self.select_related("group__channel", "group__organization")
+                 .filter(pk__any=ids)}
+        policies: dict = {}
+        grants = {(rh.host_id, rh.rollout_id): rh
+                  for rh in RolloutHost.objects.in_flight_for_hosts(
+                      [host_id for host_id, _policy, rollout in requests if rollout is not None and host_id in hosts])}
+        out = []
+        for host_id, policy, rollout_id in requests:
+            host = hosts.get(host_id)
+            frames = []
+            if host is not None and policy:
+                if host.group_id not in policies:
+                    policies[host.group_id] = host.group.policy()
+                frames.append({**policies[host.group_id], **policy_extras.host_fields(host)})
+            rh = grants.get((host_id, rollout_id)) if host is not None and rollout_id is not None else None
             if rh is not None:
                 frames.append(rh.update_frame())      # with what is left of its update timeout
-        return frames
+            out.append(frames)
+        return out
 
     def reap_offline(self, now=None) -> int:
         """Mark offline every host silent for too long: an agent's host (it holds a connection) after

@@ -382,6 +382,23 @@ class AuthBatcher(Batcher):
         return HostCredential.objects.authenticate_many(presented)
 
 
+class ResendBatcher(Batcher):
+    """Reconciliations that found an agent behind (``Host.objects.resend_frames``): the answer is
+    the list of frames to send it again.  A read per host on the agents' thread cost every status
+    write behind it when a lost switch of a large group was made good."""
+
+    tick = 0.01
+
+    async def frames(self, host_id, policy: bool, rollout_id: int | None) -> list[dict]:
+        return await self.submit((host_id, policy, rollout_id))
+
+    @staticmethod
+    def _write(requests: list) -> list:
+        from .models import Host
+
+        return Host.objects.resend_frames(requests)
+
+
 class RegistrationBatcher(Batcher):
     """Enrollments (``Host.objects.register_many``): the answer is ``(host, credential, trust)`` or
     the EnrollmentError; 32 agents enrolling at once cost one transaction, not 32, and the trust
@@ -408,4 +425,5 @@ acks = AckWriter()
 offline = OfflineWriter()
 hellos = HelloBatcher()
 logins = AuthBatcher()
+resends = ResendBatcher()
 registrations = RegistrationBatcher()
