@@ -190,6 +190,9 @@ def count_errors(reply: dict) -> int:
 def log_errors(p: str, server_log: Path) -> None:
     text = server_log.read_text(errors="replace")
     emit(f"{p}_server_log_errors", text.count("Traceback") + text.count(" ERROR"))
+    # Frames reconciliation sent again: a heartbeat read after a switch committed, before the
+    # switch's broadcast reached its socket, finds the agent behind (harmless, and read in batches).
+    emit(f"{p}_server_resends", text.count("resending its"))
     if "Traceback" in text:
         log(f"[{p}] server log tail:\n{tail(server_log, 40)}")
 
