@@ -1,13 +1,18 @@
 """The etcd discovery service (issue 6 §6), speaking what etcd 3.4's ``--discovery`` client sends
 (etcdserver/api/v2discovery + the v2 ``client`` keys API), like discovery.etcd.io:
 
-- ``GET /discovery/new?size=N`` → ``text/plain`` token URL ``<FLEET_PUBLIC_URL>/discovery/<32 hex>``.
+- ``GET /discovery/new?size=N`` (or ``size`` in a POST form) → ``text/plain`` token URL
+  ``<FLEET_PUBLIC_URL>/discovery/<32 hex>``; N from 1 to 32767 (upstream takes any integer).
 - ``GET <token>/_config/size`` → ``{"action": "get", "node": {"key", "value": "N", ...}}``.
-- ``GET <token>`` (``recursive``, ``sorted``, ``quorum`` accepted) → the token directory: ``_config``
-  and one node per member, each ``{"key", "value", "modifiedIndex", "createdIndex"}``.
+- ``GET <token>`` or ``GET <token>/`` (``recursive``, ``sorted``, ``quorum`` accepted) → the token
+  directory: one node per member, each ``{"key", "value", "modifiedIndex", "createdIndex"}``.  The
+  ``_config`` directory is hidden, as etcd v2 hides every key whose name starts with ``_`` from
+  listings and recursive watches; ``<token>/_config/size`` is read by its own path.  etcd's client
+  keeps a trailing slash of the discovery URL in the listing and the watch (and drops it elsewhere).
 - ``PUT <token>/<member id>?prevExist=false`` with form ``value=<name>=<peer urls>`` → 201
-  ``{"action": "create", "node": ...}``; a known id → 412 ``errorCode`` 105 "Key already exists";
-  beyond SIZE members → 412 ``errorCode`` 101 "cluster is full".
+  ``{"action": "create", "node": ...}``; a known id → 412 ``errorCode`` 105 "Key already exists".
+  Members past the size are stored (etcd's client tells them the cluster is full), up to
+  ``EXTRA_MEMBERS`` of them; then 412 ``errorCode`` 101 "cluster is full".
 - ``GET <token>[/<id>]?wait=true&waitIndex=N[&recursive=true]`` → the first creation at index ≥ N
   under the key, held open (long poll) until one happens; after ``DISCOVERY_WAIT`` seconds an
   empty 200, which etcd's client answers by asking again with the same index.
@@ -101,9 +106,9 @@ def config_node(token: DiscoveryToken, recursive: bool) -> dict:
     return node
 
 
-def token_node(token: DiscoveryToken, members, recursive: bool) -> dict:
-    return {"key": f"/{token.token}", "dir": True,
-            "nodes": [config_node(token, recursive)] + [member_node(token, m) for m in members],
+def token_node(token: DiscoveryToken, members) -> dict:
+    """The token's directory as a listing shows it: its members; ``_config`` is hidden."""
+    return {"key": f"/{token.token}", "dir": True, "nodes": [member_node(token, m) for m in members],
             "modifiedIndex": 1, "createdIndex": 1}
 
 
@@ -124,7 +129,7 @@ def _refusal(code: str, detail: str, status: int) -> JsonResponse:
 def new(request):
     if request.method not in ("GET", "POST", "PUT"):
         return HttpResponse("method not allowed\n", status=405, content_type="text/plain")
-    raw = request.GET.get("size", "3")
+    raw = request.GET.get("size") or (request.POST.get("size") if request.method == "POST" else None) or "3"
     try:
         size = int(raw)
     except ValueError:
@@ -209,14 +214,18 @@ def watch_slot(token_str: str):
 
 
 def _events(token: DiscoveryToken, members, key: str, recursive: bool, wait_index: int):
-    """The first creation at index >= WAIT_INDEX that concerns KEY (v2 watch semantics)."""
+    """The first creation at index >= WAIT_INDEX that concerns KEY (v2 watch semantics: a
+    recursive watch does not report a key hidden below it, one with a path segment after KEY that
+    starts with ``_``, such as ``_config/size`` under the token; a watch of that key itself does)."""
     events = [(1, "_config/size", size_node(token))] + [(m.created_index, m.member_id, member_node(token, m))
                                                        for m in members]
     for index, name, node in sorted(events, key=lambda e: e[0]):
         if index < wait_index:
             continue
-        if key == "" and recursive or name == key or (recursive and name.startswith(key + "/")):
-            return {"action": "set" if name == "_config/size" else "create", "node": node}
+        below = name if key == "" else name[len(key) + 1:] if name.startswith(key + "/") else None
+        if name == key or (recursive and below is not None
+                           and not any(part.startswith("_") for part in below.split("/"))):
+            return {"action": "create", "node": node}
     return None
 
 
@@ -234,7 +243,8 @@ async def _watch(request, token_str: str, key: str) -> HttpResponse:
     if token is None:
         return _not_found(f"/{token_str}")
     try:
-        wait_index = int(request.GET.get("waitIndex") or token.index + 1)
+        # waitIndex=0 is no index (etcd's client sends it for "from now"): the next change.
+        wait_index = int(request.GET.get("waitIndex") or 0) or token.index + 1
     except ValueError:
         return _error(203, "The given index in POST form is not a number", "Watch", token.index, 400)
     deadline = time.monotonic() + wait_seconds()
@@ -273,9 +283,8 @@ def _get(request, token_str: str, key: str) -> HttpResponse:
     token, members = _load(token_str)
     if token is None:
         return _not_found(f"/{token_str}")
-    recursive = _flag(request, "recursive")
     if key == "":
-        return _answer({"action": "get", "node": token_node(token, members, recursive)}, token.index)
+        return _answer({"action": "get", "node": token_node(token, members)}, token.index)
     if key == "_config":
         return _answer({"action": "get", "node": config_node(token, True)}, token.index)
     if key == "_config/size":

@@ -17,8 +17,13 @@ from django.utils import timezone
 
 from fleetweb.core.hub import hub
 
-MAX_SIZE = 99
+# discovery.etcd.io takes any size (its own tests go to 100); ours is a PositiveSmallIntegerField.
+MAX_SIZE = 32767
 DEFAULT_SIZE = 3
+# Registrations a token stores beyond its size.  discovery.etcd.io stores every one, and etcd's client
+# tells those past the size that the cluster is full (so ``--discovery-fallback=proxy`` works for a
+# member that raced the others); the bound keeps whoever holds the URL from growing it for ever.
+EXTRA_MEMBERS = 16
 
 
 class DiscoveryError(Exception):
@@ -89,16 +94,18 @@ class DiscoveryToken(models.Model):
     def register(self, member_id: str, value: str) -> DiscoveryMember:
         """Put-if-absent of MEMBER_ID (``PUT <token>/<id>?prevExist=false``).
 
-        105 "Key already exists" for a known id; refused as "cluster is full" once SIZE members
-        are registered (etcd's client checks that itself before registering; the refusal keeps a
-        racing member from being written at all).  The index is taken with a conditional UPDATE in
-        the same transaction, so two registrations never share one."""
+        105 "Key already exists" for a known id.  Members past the size are stored, as upstream
+        does: etcd's client checks the listing after registering and reports the cluster full to
+        every member whose index is past the size.  Past ``size + EXTRA_MEMBERS`` registrations are
+        refused (412, "cluster is full").  The index is taken with a conditional UPDATE in the same
+        transaction, so two registrations never share one."""
         with transaction.atomic():
             token = DiscoveryToken.objects.select_for_update().get(pk=self.pk)
             if token.members.filter(member_id=member_id).exists():
                 raise DiscoveryError(105, "Key already exists", f"/{token.token}/{member_id}", token.index, 412)
-            if token.members.count() >= token.size:
-                raise DiscoveryError(101, "cluster is full", f"/{token.token} (size {token.size})", token.index, 412)
+            if token.members.count() >= token.size + EXTRA_MEMBERS:
+                raise DiscoveryError(101, "cluster is full", f"/{token.token} (size {token.size}, "
+                                     f"{token.size + EXTRA_MEMBERS} registrations at most)", token.index, 412)
             DiscoveryToken.objects.filter(pk=token.pk).update(index=F("index") + 1)
             token.refresh_from_db(fields=["index"])
             try:

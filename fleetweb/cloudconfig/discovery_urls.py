@@ -10,5 +10,6 @@ urlpatterns = [
     path("discovery/tokens/<int:pk>/members/<str:member_id>/remove", discovery_views.member_remove,
          name="discovery-member-remove"),
     path("discovery/<str:token>", discovery.keys, name="discovery-keys"),
+    path("discovery/<str:token>/", discovery.keys),  # etcd's client keeps a URL's trailing slash
     path("discovery/<str:token>/<path:key>", discovery.keys, name="discovery-key"),
 ]

@@ -11,7 +11,7 @@ from django.db import connection
 from django.test import Client
 
 from fleetweb.cloudconfig import discovery
-from fleetweb.cloudconfig.discovery_models import DiscoveryToken
+from fleetweb.cloudconfig.discovery_models import EXTRA_MEMBERS, DiscoveryToken
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -46,9 +46,32 @@ def test_new_returns_a_token_url(web, settings):
     assert token.size == 5 and token.organization is None
 
 
-@pytest.mark.parametrize("size", ["0", "100", "x", "-1"])
-def test_new_refuses_a_bad_size(web, size):
-    assert web.get(f"/discovery/new?size={size}").status_code == 400
+@pytest.mark.parametrize("size", ["0", "32768", "x", "-1"])
+def test_new_refuses_a_bad_size(web, size, settings):
+    settings.FLEET_DISCOVERY_ANONYMOUS = True
+    r = web.get(f"/discovery/new?size={size}")
+    assert r.status_code == 400 and r.content == b"size must be an integer between 1 and 32767\n"
+    assert not DiscoveryToken.objects.exists()
+
+
+@pytest.mark.parametrize("size", [100, 1000])
+def test_new_takes_the_sizes_discovery_etcd_io_takes(web, size, settings):
+    """discovery.etcd.io's own tests create tokens of size 100 (it takes any integer); ours once
+    stopped at 99."""
+    settings.FLEET_DISCOVERY_ANONYMOUS = True
+    r = web.get(f"/discovery/new?size={size}")
+    assert r.status_code == 200, r.content
+    token = DiscoveryToken.objects.get(token=r.content.decode().rsplit("/", 1)[1])
+    assert token.size == size
+    assert web.get(f"{base(token)}/_config/size").json()["node"]["value"] == str(size)
+
+
+def test_new_reads_the_size_from_a_post_form_too(web, settings):
+    """discovery.etcd.io reads ``size`` with Go's FormValue: the query string or a POST form."""
+    settings.FLEET_DISCOVERY_ANONYMOUS = True
+    r = web.post("/discovery/new", {"size": "5"})
+    assert r.status_code == 200, r.content
+    assert DiscoveryToken.objects.get(token=r.content.decode().rsplit("/", 1)[1]).size == 5
 
 
 def test_new_with_an_operators_api_key_makes_an_owned_token(web, alice, bob, acme):
@@ -85,19 +108,56 @@ def test_the_token_directory_lists_members_in_creation_order(web, token):
     assert r.status_code == 200 and r["X-Etcd-Index"] == "3"
     node = r.json()["node"]
     assert node["dir"] is True and node["key"] == f"/{token.token}"
-    assert [n["key"].rsplit("/", 1)[1] for n in node["nodes"]] == ["_config", "b", "a"]
-    assert [n.get("createdIndex") for n in node["nodes"][1:]] == [2, 3]
-    rec = web.get(f"{base(token)}?recursive=true").json()["node"]["nodes"][0]
-    assert rec["nodes"] == [{"key": f"/{token.token}/_config/size", "value": "3", "modifiedIndex": 1,
-                             "createdIndex": 1}]
+    # etcd v2 hides keys whose name starts with "_" from listings: _config is not listed.
+    assert [n["key"].rsplit("/", 1)[1] for n in node["nodes"]] == ["b", "a"]
+    assert [n.get("createdIndex") for n in node["nodes"]] == [2, 3]
+    assert web.get(f"{base(token)}?recursive=true").json()["node"] == node
+    assert web.get(f"{base(token)}/_config/size").json()["node"]["value"] == "3"  # by its own path
 
 
-def test_a_member_beyond_size_is_refused_as_cluster_full(web, token):
-    for i in range(3):
+def test_a_discovery_url_with_a_trailing_slash_is_the_same_token(web, token):
+    """etcd's client keeps the trailing slash of ``--discovery http://.../<token>/`` when it lists the
+    members and when it watches the token (it drops it for _config/size and its registration); an
+    HTML 404 there made etcd exit with "response is invalid json"."""
+    register(web, token, "aa", "m1=http://a:2380")
+    listing = web.get(f"{base(token)}/?quorum=false&recursive=false&sorted=false")
+    assert listing.status_code == 200 and listing["Content-Type"] == "application/json"
+    assert listing.json() == web.get(f"{base(token)}?quorum=false&recursive=false&sorted=false").json()
+    assert [n["value"] for n in listing.json()["node"]["nodes"]] == ["m1=http://a:2380"]
+    watched = web.get(f"{base(token)}/?recursive=true&wait=true&waitIndex=2")
+    assert watched.status_code == 200 and watched.json()["node"]["key"] == f"/{token.token}/aa"
+
+
+def test_a_recursive_watch_never_reports_the_hidden_size_key(web, token):
+    """From index 1 a recursive watch of the token answers with the first member, not with the
+    ``_config/size`` key created at index 1 (etcd v2 hides it from recursive watches)."""
+    register(web, token, "aa", "m1=http://a:2380")
+    r = web.get(f"{base(token)}?wait=true&recursive=true&waitIndex=1")
+    assert r.json() == {"action": "create", "node": {"key": f"/{token.token}/aa", "value": "m1=http://a:2380",
+                                                      "modifiedIndex": 2, "createdIndex": 2}}
+    size = web.get(f"{base(token)}/_config/size?wait=true&waitIndex=1")  # a watch of the key itself does
+    assert size.json()["action"] == "create" and size.json()["node"]["key"].endswith("/_config/size")
+
+
+def test_wait_index_zero_waits_for_the_next_change(web, token, settings):
+    """``waitIndex=0`` is no index: the watch waits for the next change instead of replaying index 1."""
+    settings.DISCOVERY_WAIT = 0.3
+    register(web, token, "aa", "m1=http://a:2380")
+    r = web.get(f"{base(token)}?wait=true&recursive=true&waitIndex=0")
+    assert r.status_code == 200 and r.content == b""  # nothing after index 2 within the wait
+
+
+def test_members_past_the_size_are_stored_as_upstream_up_to_a_bound(web, token):
+    """discovery.etcd.io stores a member that registers past the size; etcd's client then sees its
+    index past the size in the listing and reports the cluster full itself (and can fall back to a
+    proxy).  Past EXTRA_MEMBERS more, registrations are refused: the URL is a public secret."""
+    for i in range(3 + EXTRA_MEMBERS):
         assert register(web, token, f"{i + 1:x}", f"m{i}=http://h{i}:2380").status_code == 201
-    r = register(web, token, "ff", "m4=http://h4:2380")
+    listing = web.get(base(token)).json()["node"]["nodes"]
+    assert [n["createdIndex"] for n in listing] == list(range(2, 5 + EXTRA_MEMBERS))
+    r = register(web, token, "ff", "m99=http://h99:2380")
     assert r.status_code == 412 and r.json()["message"] == "cluster is full" and r.json()["errorCode"] == 101
-    assert token.members.count() == 3
+    assert token.members.count() == 3 + EXTRA_MEMBERS
 
 
 def test_wait_returns_a_past_event_at_once(web, token):
@@ -161,7 +221,7 @@ def test_delete_frees_a_members_slot(web, token):
     assert token.members.count() == 0
 
 
-def test_three_members_registering_at_once_get_distinct_indexes(token):
+def test_four_members_registering_at_once_get_distinct_indexes(token):
     out = []
 
     def go(i):
@@ -173,6 +233,5 @@ def test_three_members_registering_at_once_get_distinct_indexes(token):
     threads = [threading.Thread(target=go, args=(i,)) for i in range(4)]
     [t.start() for t in threads]
     [t.join(60) for t in threads]
-    codes = sorted(r.status_code for r in out)
-    assert codes == [201, 201, 201, 412]
-    assert sorted(json.loads(r.content)["node"]["createdIndex"] for r in out if r.status_code == 201) == [2, 3, 4]
+    assert sorted(r.status_code for r in out) == [201, 201, 201, 201]  # the fourth is told "full" by etcd
+    assert sorted(json.loads(r.content)["node"]["createdIndex"] for r in out) == [2, 3, 4, 5]
