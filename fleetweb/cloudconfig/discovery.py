@@ -107,9 +107,12 @@ def config_node(token: DiscoveryToken, recursive: bool) -> dict:
 
 
 def token_node(token: DiscoveryToken, members) -> dict:
-    """The token's directory as a listing shows it: its members; ``_config`` is hidden."""
-    return {"key": f"/{token.token}", "dir": True, "nodes": [member_node(token, m) for m in members],
-            "modifiedIndex": 1, "createdIndex": 1}
+    """The token's directory as a listing shows it: its members; ``_config`` is hidden.  Without
+    members there is no ``nodes`` key, as etcd v2 writes an empty directory."""
+    node = {"key": f"/{token.token}", "dir": True, "modifiedIndex": 1, "createdIndex": 1}
+    if members:
+        node["nodes"] = [member_node(token, m) for m in members]
+    return node
 
 
 def _flag(request, name: str) -> bool:
