@@ -81,15 +81,23 @@ class Semaphore:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Semaphore:
+        """Read a semaphore value as locksmith's own reader (Go's encoding/json) does: keys match
+        whatever their case, a missing ``semaphore`` or ``max`` is 0, a missing or null ``holders``
+        is none, and ``null`` is an empty semaphore; a value of the wrong type is refused."""
         try:
             data = json.loads(raw)
-            sem, mx, holders = data["semaphore"], data["max"], data.get("holders")
+            if data is None:
+                data = {}
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+            fields = {k.lower(): v for k, v in data.items()}
+            sem, mx, holders = fields.get("semaphore", 0), fields.get("max", 0), fields.get("holders")
             if holders is None:
                 holders = []
             if not (isinstance(sem, int) and isinstance(mx, int) and isinstance(holders, list)
                     and all(isinstance(h, str) for h in holders)) or isinstance(sem, bool) or isinstance(mx, bool):
                 raise ValueError("wrong types")
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError) as exc:
             raise LockError(INVALID, f"the semaphore value is not locksmith JSON ({exc}): {raw[:200]!r}") from None
         return cls(semaphore=sem, max=mx, holders=list(holders))
 
@@ -189,20 +197,21 @@ class Locksmith:
             created, sem, rev = self._create()
         return sem, rev
 
-    def _update(self, change) -> Semaphore:
-        """Apply CHANGE (Semaphore -> Semaphore, may raise LockError) with CAS retries."""
+    def _update(self, change) -> tuple[Semaphore, Semaphore]:
+        """Apply CHANGE (Semaphore -> Semaphore, may raise LockError) with CAS retries; returns the
+        semaphore it changed and the one it wrote (the same one when nothing changed)."""
         sem, rev = self._current()
         tx = self.client.transactions
         for attempt in range(MAX_CAS_ATTEMPTS):
             new = change(sem)
             if new is sem or new == sem:
-                return sem
+                return sem, sem
             ok, responses = self._call(self.client.transaction,
                                        compare=[tx.mod(self.key) == rev],
                                        success=[tx.put(self.key, new.to_json())],
                                        failure=[tx.get(self.key)])
             if ok:
-                return new
+                return sem, new
             current, rev = _from_range(responses)
             if current is None:            # deleted under us: recreate and go on
                 sem, rev = self._current()
@@ -219,13 +228,15 @@ class Locksmith:
 
     def lock(self, holder: str) -> Semaphore:
         holder = _validate_holder(holder)
-        return self._update(lambda s: s.locked(holder))
+        return self._update(lambda s: s.locked(holder))[1]
 
     def unlock(self, holder: str) -> Semaphore:
         holder = _validate_holder(holder)
-        return self._update(lambda s: s.unlocked(holder))
+        return self._update(lambda s: s.unlocked(holder))[1]
 
-    def set_max(self, n: int) -> Semaphore:
+    def set_max(self, n: int) -> tuple[Semaphore, Semaphore]:
+        """locksmith's set-max; returns (the semaphore before, after), the old one read in the same
+        compare-and-swap as the change (``locksmithctl set-max`` prints both maxima)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise LockError(INVALID, f"max must be an integer >= 0, not {n!r}")
         return self._update(lambda s: s.with_max(n))

@@ -278,10 +278,9 @@ def lock_unlock(holder, state_dir, endpoints, group, prefix, user, password, ca,
 def lock_set_max(n, state_dir, endpoints, group, prefix, user, password, ca, cert, key) -> None:
     """Set the number of hosts that may reboot at once (free slots change by new - old)."""
     settings = _lock_target(state_dir, endpoints, group, prefix, user, password, ca, cert, key)
-    before = _locksmith_call(settings, lambda ls: ls.get())
-    sem = _locksmith_call(settings, lambda ls: ls.set_max(n))
-    click.echo(f"Old: {before.max}")
-    click.echo(f"New: {sem.max}")
+    before, after = _locksmith_call(settings, lambda ls: ls.set_max(n))
+    click.echo(f"Old-Max: {before.max}")  # as locksmithctl set-max prints it
+    click.echo(f"Max: {after.max}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -396,8 +396,7 @@ class GroupLock:
     def set_max(self, n: int, actor: str = "", *, from_group: bool = False) -> dict:
         """Locksmith's set-max (semaphore += n - max).  Also makes it the group's max concurrent
         reboots (pushed to agents) unless the call comes from that change."""
-        before = self.locksmith.get()
-        sem = self.locksmith.set_max(n)
+        before, sem = self.locksmith.set_max(n)
         if before.max != sem.max:
             _record(self.organization.pk, LockEventKind.LOCK_SET_MAX,
                     f"Reboot lock of group {self.group.name}: max {before.max} → {sem.max} "

@@ -22,7 +22,7 @@ def test_it_does_what_locksmithctl_does_with_explicit_options():
     res = lock("status", *opts)
     assert res.returncode == 0, res.stderr
     assert res.stdout == "Available: 1\nMax: 1\n"
-    assert lock("set-max", "2", *opts).stdout == "Old: 1\nNew: 2\n"
+    assert lock("set-max", "2", *opts).stdout == "Old-Max: 1\nMax: 2\n"  # what locksmithctl set-max prints
     assert lock("lock", "m-b", *opts).returncode == 0
     assert lock("lock", "m-a", *opts).returncode == 0
     assert lock("lock", "m-a", *opts).returncode == 0          # a second lock by a holder succeeds

@@ -102,10 +102,10 @@ def test_it_reads_null_holders(etcd, prefix):
 def test_it_adds_the_difference_on_set_max(etcd, prefix):
     ls = Locksmith(etcd, None, prefix)
     ls.lock("a")
-    assert ls.set_max(3) == Semaphore(2, 3, ["a"])
+    assert ls.set_max(3) == (Semaphore(0, 1, ["a"]), Semaphore(2, 3, ["a"]))  # before and after
     ls.lock("b")
     ls.lock("c")
-    assert ls.set_max(1) == Semaphore(-2, 1, ["a", "b", "c"])
+    assert ls.set_max(1)[1] == Semaphore(-2, 1, ["a", "b", "c"])
     with pytest.raises(LockError) as err:
         ls.lock("d")
     assert err.value.code == "no_slots"
@@ -124,6 +124,24 @@ def test_it_refuses_a_value_that_is_not_locksmith_json(etcd, prefix):
         Locksmith(etcd, "broken", prefix).lock("a")
     assert err.value.code == "invalid"
     assert etcd.get(key)[0] == b"not json"
+
+
+def test_it_reads_a_value_without_max_as_locksmith_does(etcd, prefix):
+    """locksmith's reader (Go's encoding/json) takes ``{"semaphore": 1}`` with max 0 (its own test), as
+    well as ``null``, ``{}`` and keys in another case; ours refused them, and ``agent lock status`` and
+    the locks API showed an error for a semaphore locksmithctl reads fine."""
+    key = group_key("legacy-nomax", prefix)
+    etcd.put(key, '{"semaphore": 1}')
+    ls = Locksmith(etcd, "legacy-nomax", prefix)
+    assert ls.get() == Semaphore(1, 0, [])
+    assert ls.set_max(2) == (Semaphore(1, 0, []), Semaphore(3, 2, []))
+    assert raw(etcd, key) == {"semaphore": 3, "max": 2, "holders": []}
+    assert Semaphore.from_json("null") == Semaphore.from_json("{}") == Semaphore(0, 0, [])
+    assert Semaphore.from_json('{"Semaphore": 1, "MAX": 2, "Holders": ["a"]}') == Semaphore(1, 2, ["a"])
+    for bad in ('{"semaphore": "1", "max": 1}', '{"semaphore": 1.5}', '{"semaphore": true}', '[1]', '{"semaphore:'):
+        with pytest.raises(LockError) as err:
+            Semaphore.from_json(bad)
+        assert err.value.code == "invalid", bad
 
 
 def test_it_keeps_groups_apart(etcd, prefix):
