@@ -10,6 +10,7 @@ LockEventKind = EventKind
 class FleetLockError(models.TextChoices):
     """The fixed set of FleetLock error kinds (``{"kind", "value"}`` bodies) and their HTTP status."""
 
+    METHOD_NOT_ALLOWED = "method_not_allowed", "FleetLock requests are POST"
     MISSING_HEADER = "missing_header", "the fleet-lock-protocol: true header is required"
     BAD_REQUEST = "bad_request", "the body is not {\"client_params\": {\"id\", \"group\"}}"
     BAD_GROUP = "bad_group", "the group must match ^[a-zA-Z0-9.-]+$"
@@ -20,7 +21,7 @@ class FleetLockError(models.TextChoices):
 
     @classmethod
     def status(cls, kind: str) -> int:
-        return {cls.MISSING_HEADER: 400, cls.BAD_REQUEST: 400, cls.BAD_GROUP: 400, cls.NOT_FOUND: 404,
+        return {cls.METHOD_NOT_ALLOWED: 405, cls.MISSING_HEADER: 400, cls.BAD_REQUEST: 400, cls.BAD_GROUP: 400, cls.NOT_FOUND: 404,
                 cls.LOCK_UNAVAILABLE: 409, cls.ETCD_UNAVAILABLE: 503, cls.ETCD_NOT_CONFIGURED: 503}[kind]
 
 

@@ -12,7 +12,6 @@ import re
 
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
 
 from agent.locksmith import ETCD_UNAVAILABLE, NO_SLOTS, LockError
 
@@ -38,7 +37,9 @@ def rejection(kind: str, value: str | None = None) -> JsonResponse:
 
 def parse(request) -> tuple[str, str]:
     """(id, group) of a FleetLock request, or Rejection."""
-    if request.headers.get("fleet-lock-protocol", "").strip().lower() != "true":
+    if request.method != "POST":
+        raise Rejection(FleetLockError.METHOD_NOT_ALLOWED)
+    if request.headers.get("fleet-lock-protocol") != "true":  # exactly, as the protocol and airlock say
         raise Rejection(FleetLockError.MISSING_HEADER)
     if len(request.body) > MAX_BODY:
         raise Rejection(FleetLockError.BAD_REQUEST, f"the body is larger than {MAX_BODY} bytes")
@@ -94,13 +95,12 @@ def _handle(request, secret: str, operation: str):
     return JsonResponse({})
 
 
+# Any method reaches the view: a client gets its answer as a protocol error, {kind, value}.
 @csrf_exempt
-@require_POST
 def pre_reboot(request, secret):
     return _handle(request, secret, "lock")
 
 
 @csrf_exempt
-@require_POST
 def steady_state(request, secret):
     return _handle(request, secret, "unlock")

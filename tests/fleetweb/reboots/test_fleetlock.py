@@ -134,5 +134,14 @@ def test_without_etcd_it_says_so(acme, no_etcd):
     assert r.status_code == 503 and r.json()["kind"] == "etcd_not_configured"
 
 
-def test_get_is_not_allowed(fleetlock):
-    assert Client().get(f"/fleetlock/{fleetlock.secret}/v1/pre-reboot").status_code == 405
+def test_get_is_not_allowed_and_says_so_in_the_protocols_error_body(fleetlock):
+    r = Client().get(f"/fleetlock/{fleetlock.secret}/v1/pre-reboot", HTTP_FLEET_LOCK_PROTOCOL="true")
+    assert r.status_code == 405 and r.json() == {"kind": "method_not_allowed", "value": "FleetLock requests are POST"}
+
+
+@pytest.mark.parametrize("value", ["TRUE", "True", "1", "false"])
+def test_the_protocol_header_must_say_exactly_true(fleetlock, acme, value):
+    """As the FleetLock protocol and airlock require; ours once lowercased and trimmed it."""
+    r = fleetlock("pre-reboot", group="exact", headers={"fleet-lock-protocol": value})
+    assert r.status_code == 400 and r.json()["kind"] == "missing_header"
+    assert semaphore(acme, "exact") is None  # nothing written
