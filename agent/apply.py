@@ -220,7 +220,7 @@ class _Applier:
                     raise ValueError("path must be absolute")
                 if cloudconfig.under_usr(path):
                     raise ValueError("/usr is read-only")
-                raw = cloudconfig.decode_content(cloudconfig.as_str(item.get("content")), item.get("encoding"))
+                raw = cloudconfig.decode_content(item.get("content"), item.get("encoding"))
                 mode = int(cloudconfig.as_str(item.get("permissions") or "0644"), 8)
                 uid, gid = self.owner(cloudconfig.as_str(item.get("owner") or ""))
                 self.write(path, raw, mode, uid, gid)

@@ -1,9 +1,11 @@
 """Reboot windows (locksmith ``REBOOT_WINDOW_START`` / ``REBOOT_WINDOW_LENGTH``), DESIGN §4.
 
-Start is ``HH:MM`` (daily) or ``Ddd HH:MM`` (weekly, sun..sat in any case); length is a Go
-duration (``1h``, ``90m``, ``1h30m``).  Both or neither.  A daily window is shorter than 24h, a
-weekly one shorter than 7×24h.  Times are the host's local wall clock.  The server validates
-group windows with this same module.
+Start is ``HH:MM`` (daily) or ``Ddd HH:MM`` (weekly, sun..sat in any case); hours and minutes
+may have one digit or extra leading zeros (``Sun 0:0``), as locksmithd reads them and as
+coreos-cloudinit's validator accepts them.  Length is a Go duration (``1h``, ``90m``, ``1h30m``;
+no ``d`` unit).  Both or neither.  A daily window is shorter than 24h, a weekly one shorter than
+7×24h.  Times are the host's local wall clock.  The server validates group windows with this same
+module.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ WEEK = timedelta(days=7)
 _GO_UNITS = {
     "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
 }
-_GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_TIME = re.compile(r"^(\d{1,2}):(\d{2})$")
+_GO_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
+_TIME = re.compile(r"^0*([0-9]{1,2}):0*([0-9]{1,2})$")   # ASCII digits, as Go
 
 
 def parse_duration(text: str) -> timedelta:

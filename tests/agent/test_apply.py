@@ -161,6 +161,20 @@ def test_a_bad_item_is_reported_and_the_others_apply(host, tmp_path):
     assert apply.load_state(tmp_path / "state")["errors"] == result.errors
 
 
+def test_binary_content_is_written_decoded_and_then_decoded_by_its_encoding(host, tmp_path):
+    """!!binary is decoded by the YAML layer first, as coreos-cloudinit does (the validator agrees)."""
+    gz = base64.b64encode(gzip.compress(b"inflated\n")).decode()
+    doc = ("#cloud-config\nwrite_files:\n  - path: /etc/raw\n    content: !!binary aGVsbG8K\n"
+           f"  - path: /etc/gz\n    encoding: gzip\n    content: !!binary {gz}\n"
+           "  - path: /etc/b64\n    encoding: base64\n    content: !!binary YUdWc2JHOEsK\n")
+    assert cloudconfig.validate(doc).entries == []
+    result = apply.apply(host, cloudconfig.merge(doc), revision=1, state_dir=tmp_path / "state")
+    assert result.errors == []
+    assert (host.root / "etc/raw").read_bytes() == b"hello\n"
+    assert (host.root / "etc/gz").read_bytes() == b"inflated\n"
+    assert (host.root / "etc/b64").read_bytes() == b"hello\n"
+
+
 def test_a_new_revision_runs_only_what_changed(host, tmp_path):
     doc = "#cloud-config\ncoreos:\n  units:\n    - name: a.service\n      content: one\n"
     apply.apply(host, doc, revision=1, state_dir=tmp_path / "state")

@@ -15,6 +15,8 @@ from agent.window import parse_duration, parse_window
     ("sun 00:00", "24h", 6, 0, 0, 24 * 60),
     ("THU 23:59", "1.5h", 3, 23, 59, 90),
     ("9:05", "23h59m", None, 9, 5, 23 * 60 + 59),
+    ("Sun 0:0", "1h", 6, 0, 0, 60),                 # one digit, as locksmithd reads it
+    ("007:005", "1h", None, 7, 5, 60),              # leading zeros, as locksmithd and coreos-cloudinit
 ])
 def test_it_parses_valid_windows(start, length, weekday, hour, minute, minutes):
     w = parse_window(start, length)
@@ -38,6 +40,8 @@ def test_it_treats_neither_as_no_window_and_one_of_them_as_an_error():
     ("sat 14:00 1234", "1h", "must be 'HH:MM' or 'Ddd HH:MM'"),
     ("sat", "1h", "day but no time"),
     ("14:00", "1j", "not a Go duration"),
+    ("14:00", "1d", "not a Go duration"),
+    ("1:234", "1h", "not HH:MM"),
     ("14:00", "-1h", "must be positive"),
     ("14:00", "24h", "daily window must be shorter than 24h"),
     ("sat 14:00", "168h", "weekly window must be shorter than 168h"),
