@@ -216,8 +216,11 @@ class _Applier:
             path = cloudconfig.as_str((item or {}).get("path")) if isinstance(item, dict) else ""
             where = f"write_files {path or '?'}"
             try:
-                if not path.startswith("/"):
-                    raise ValueError("path must be absolute")
+                if not path:
+                    raise ValueError("a file needs a path")
+                # A relative path is under /, as coreos-cloudinit writes it (path.Join(root, path)):
+                # "etc/motd" is /etc/motd and no ".." climbs above the root.
+                path = posixpath.normpath("/" + path.lstrip("/"))
                 if cloudconfig.under_usr(path):
                     raise ValueError("/usr is read-only")
                 raw = cloudconfig.decode_content(item.get("content"), item.get("encoding"))

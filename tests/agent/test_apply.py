@@ -200,3 +200,17 @@ def test_an_alias_bomb_is_refused_and_reported_not_applied(host, tmp_path):
     assert f"document expands to more than {limit} nodes (aliases)" in result.errors[0]
     assert tree(host.root) == before
     assert apply.load_state(tmp_path / "state")["errors"] == result.errors
+
+
+def test_a_relative_path_is_written_under_the_root_as_coreos_cloudinit_does(host, tmp_path):
+    """The validator accepts a relative write_files path (coreos-cloudinit writes path.Join(root, path));
+    the agent refused it ("path must be absolute"), so a valid document failed to apply."""
+    doc = ("#cloud-config\nwrite_files:\n  - path: etc/motd\n    content: hi\n"
+           "  - path: ../../etc/issue\n    content: climb\n  - path: ../usr/x\n    content: no\n"
+           "  - content: nowhere\n")
+    assert [e for e in cloudconfig.validate(doc).entries if e.kind == "error"] == []
+    result = apply.apply(host, doc, revision=1, state_dir=tmp_path / "state")
+    assert (host.root / "etc/motd").read_text() == "hi"
+    assert (host.root / "etc/issue").read_text() == "climb"  # ".." stops at the root
+    assert not (host.root / "usr/x").exists() and not (tmp_path / "usr").exists()
+    assert result.errors == ["write_files ../usr/x: /usr is read-only", "write_files ?: a file needs a path"]
