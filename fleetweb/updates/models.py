@@ -20,7 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import Count, DateTimeField, ExpressionWrapper, F, Q
 from django.utils import timezone
 from kombu.exceptions import OperationalError
@@ -218,6 +218,14 @@ class Release(models.Model):
         sig = payload_signature(self.pk, str(host_id), expires)
         return f"{settings.FLEET_PUBLIC_URL}/payloads/{self.pk}/{host_id}/{expires}/{sig}"
 
+    def is_update_for(self, version: str, allow_downgrade: bool = False) -> bool:
+        """Whether a host running ``version`` would install this release: never the version it runs,
+        never an older one unless the rollout allows downgrade (a host that reports no version may)."""
+        if not version:
+            return True
+        running = signing.version_key(version)
+        return running != self.version_key and (running < self.version_key or allow_downgrade)
+
     def update_frame(self, host_id, rollout_id: int | None = None, allow_downgrade: bool = False,
                      timeout: int | None = None) -> dict:
         """The ``update`` frame for one host.  ``timeout``: seconds the agent may keep retrying a broken
@@ -365,14 +373,9 @@ class RolloutManager(models.Manager):
             status=RolloutStatus.SUPERSEDED, finished=timezone.now())
         rollout = self.create(organization_id=group.organization_id, group=group, release=release,
                               channel_id=group.channel_id, allow_downgrade=allow_downgrade, created_by=actor)
-        key = release.version_key
-        rows = []
-        for host_id, version in group.hosts.values_list("pk", "version"):
-            if version == release.version:
-                continue
-            if version and signing.version_key(version) > key and not allow_downgrade:
-                continue  # a host never installs a lower version unless told to
-            rows.append(RolloutHost(rollout=rollout, host_id=host_id, from_version=version or ""))
+        rows = [RolloutHost(rollout=rollout, host_id=host_id, from_version=version or "")
+                for host_id, version in group.hosts.values_list("pk", "version")
+                if release.is_update_for(version, allow_downgrade)]
         RolloutHost.objects.bulk_create(rows)
         Event.objects.record(group.organization_id, "rollout_started",
                              f"Rollout of {release.version} to group {group.name} started ({len(rows)} hosts)",
@@ -839,3 +842,74 @@ class OmahaUrl(models.Model):
     def update_conf(secret: str, group) -> str:
         """The lines to paste into ``/etc/flatcar/update.conf`` (or ``/etc/coreos/update.conf``)."""
         return f"SERVER={OmahaUrl.url(secret)}\nGROUP={group.channel.name}\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Omaha application ids
+# ---------------------------------------------------------------------------------------------
+
+# The operating system's own Omaha application id (CoreOS Container Linux, Flatcar): every
+# organization serves it.  update_engine sends it in braces.
+OS_APPID = "e96281a6-d1af-4bde-9a0a-97b76e56dc57"
+APPID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def normalize_appid(value: str | None) -> str:
+    """An Omaha appid as nebraska compares them: spaces trimmed, one balanced ``{…}`` pair taken
+    off, lower case.  A lone brace stays, so ``{e96281a6-…`` matches nothing."""
+    value = (value or "").strip()
+    if len(value) > 2 and value[0] == "{" and value[-1] == "}":
+        value = value[1:-1].strip()
+    return value.lower()
+
+
+class OmahaApplicationManager(models.Manager):
+    def serves(self, organization_id: int | None, appid: str | None) -> bool:
+        """Whether the organization answers Omaha requests for this appid (as sent): the OS's own
+        id always, other ids once configured.  Without an organization (the anonymous
+        ``/v1/update/``) only the OS's id."""
+        key = normalize_appid(appid)
+        if key == OS_APPID:
+            return True
+        if organization_id is None or not APPID_RE.fullmatch(key):
+            return False
+        return self.filter(organization_id=organization_id, appid=key).exists()
+
+    def add(self, organization, appid: str, label: str = "", actor: str = "") -> "OmahaApplication":
+        """Serve another appid (an alias that gets the same OS updates); refused with a clear
+        reason when it is not a GUID (400), is the OS's own id or is already configured (409)."""
+        key = normalize_appid(appid)
+        if not APPID_RE.fullmatch(key):
+            shown = (appid or "")[:50]
+            raise UpdateError(f"'{shown}' is not an application id: expected a GUID such as {OS_APPID}, "
+                              f"with or without a pair of braces", "appid")
+        if key == OS_APPID:
+            raise UpdateError(f"{key} is the operating system's own application id: every organization serves it",
+                              "appid", status=409)
+        try:
+            with transaction.atomic():
+                return self.create(organization=organization, appid=key, label=label, created_by=actor)
+        except IntegrityError:
+            raise UpdateError(f"{key} is already served by the organization", "appid", status=409) from None
+
+
+class OmahaApplication(models.Model):
+    """An Omaha application id the organization serves besides the OS's own (``OS_APPID``): its
+    requests get the same OS updates.  A request for an id the organization does not serve is
+    answered ``error-unknownApplication`` and changes nothing."""
+
+    organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE,
+                                     related_name="omaha_applications")
+    appid = models.CharField(max_length=36, help_text="lower case, without braces")
+    label = models.CharField(max_length=100, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    created_by = models.CharField(max_length=150, blank=True)
+
+    objects = OmahaApplicationManager()
+
+    class Meta:
+        ordering = ["appid"]
+        constraints = [models.UniqueConstraint(fields=["organization", "appid"], name="unique_omaha_appid")]
+
+    def __str__(self) -> str:
+        return self.appid

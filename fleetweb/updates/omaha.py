@@ -10,7 +10,20 @@ do (``RolloutHost.objects.report_event``) and land in the activity log.
 An unknown machine id, or one known to more than one organization, gets a plain ``noupdate``: the
 answer never tells whether some organization knows the machine.  Nothing is written before the
 whole body is parsed; a body over 64 KiB, malformed XML, a DOCTYPE (entity expansion) or another
-protocol version is a 400.
+protocol version is a 400 (``Bad Omaha Request: <why>``, go-omaha's text and the reason).
+
+The answers follow the upstream servers update_engine was written against (coreos/go-omaha,
+flatcar/nebraska; tests/interop/test_omaha_compat.py replays their cases and lists where we
+differ on purpose):
+
+- an appid the organization does not serve (``OmahaApplication.objects.serves``) is answered
+  ``<app appid status="error-unknownApplication"/>`` with nothing else, and nothing is written;
+- events move a host only while it has a rollout entry in flight (update_engine sends a 3/2 with
+  every update check); otherwise they are answered ``ok`` and dropped;
+- a request whose version is not a version string writes nothing and gets ``noupdate``;
+- a release is offered only if it is newer than the host's version (or the rollout downgrades);
+- old CoreOS group UUIDs sent as the track are stored as their channel's name;
+- ``<app>`` children come in the order ping, updatecheck, event.
 """
 from __future__ import annotations
 
@@ -33,18 +46,31 @@ from fleetweb.fleet.choices import EventKind
 from fleetweb.fleet.models import Host
 
 from .choices import HostUpdateState, RolloutStatus
-from .models import OmahaUrl
+from .models import VERSION_RE, OmahaApplication, OmahaUrl
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
 MAX_APPS = 16
 MAX_EVENTS = 8
-# The operating system's application ids (Container Linux / Flatcar; update_engine sends the braces).
-KNOWN_APPIDS = {"e96281a6-d1af-4bde-9a0a-97b76e56dc57"}
 PROTOCOL = "3.0"
 SERVER = "fleetweb"
 CONTENT_TYPE = "text/xml"
+# The start of every 400 body: go-omaha's text for a request it cannot use, then why.
+BAD_REQUEST = "Bad Omaha Request"
+
+# Container Linux's group UUIDs (amd64 and arm64), still found as GROUP= on old hosts: they are
+# channels (the mapping nebraska applies, flatcar/nebraska backend/pkg/omaha/omaha.go).
+COREOS_GROUP_TRACKS = {
+    "5b810680-e36a-4879-b98a-4f989e80b899": "alpha",
+    "3fe10490-dd73-4b49-b72a-28ac19acfcdc": "beta",
+    "9a2deb70-37be-4026-853f-bfdd6b347bbe": "stable",
+    "72834a2b-ad86-4d6d-b498-e08a19ebe54e": "edge",
+    "e641708d-fb48-4260-8bdf-ba2074a1147a": "alpha",
+    "d112ec01-ba34-4a9e-9d4b-9814a685f266": "beta",
+    "11a585f6-9418-4df0-8863-78b2fd3240f8": "stable",
+    "b4b2fa22-c1ea-498c-a8ac-c1dc0b1d7c17": "edge",
+}
 
 # Omaha event types and results (update_engine's subset).
 EVENT_UPDATE_COMPLETE = 3
@@ -79,6 +105,8 @@ class OmahaEvent:
     errorcode: int | None = None
     previous_version: str = ""
 
+    IGNORED = -1  # type and result of an event whose eventtype or eventresult is not a number
+
 
 @dataclass
 class OmahaApp:
@@ -90,6 +118,11 @@ class OmahaApp:
     ping: bool = False
     updatecheck: bool = False
     events: list[OmahaEvent] = field(default_factory=list)
+
+    @property
+    def has_valid_version(self) -> bool:
+        """A version string like a release's (``VERSION_RE``): only then is anything written."""
+        return bool(VERSION_RE.match(self.version))
 
 
 class _NoDoctype(ET.TreeBuilder):
@@ -105,6 +138,17 @@ def _int(value: str | None) -> int | None:
         return int((value or "").strip())
     except ValueError:
         return None
+
+
+def _event_int(value: str | None) -> int | None:
+    """An event's eventtype/eventresult: missing is 0, as both upstream servers read it (Go's zero
+    value), so a 3 without a result is a 3/0 error; not a number is None (the event is dropped)."""
+    return 0 if value is None else _int(value)
+
+
+def _track(value: str | None) -> str:
+    track = (value or "").strip()
+    return COREOS_GROUP_TRACKS.get(track, track)[:16]
 
 
 def _clean_id(value: str | None) -> str:
@@ -127,7 +171,7 @@ def parse(body: bytes) -> list[OmahaApp]:
     if root.tag != "request":
         raise OmahaError(f"expected a <request> element, not <{root.tag[:50]}>")
     if root.get("protocol") != PROTOCOL:
-        raise OmahaError(f"unsupported Omaha protocol {str(root.get('protocol'))[:20]!r}: expected {PROTOCOL}")
+        raise OmahaError(f'unsupported omaha protocol: "{(root.get("protocol") or "")[:20]}" (expected {PROTOCOL})')
     nodes = root.findall("app")
     if len(nodes) > MAX_APPS:
         raise OmahaError(f"too many <app> elements: at most {MAX_APPS}")
@@ -136,14 +180,14 @@ def parse(body: bytes) -> list[OmahaApp]:
         if len(node.findall("event")) > MAX_EVENTS:
             raise OmahaError(f"too many <event> elements in an <app>: at most {MAX_EVENTS}")
         app = OmahaApp(appid=(node.get("appid") or "")[:64], version=(node.get("version") or "").strip()[:64],
-                       track=(node.get("track") or "").strip()[:16],
+                       track=_track(node.get("track")),
                        machine_id=_clean_id(node.get("machineid") or root.get("machineid"))[:64],
                        boot_id=_clean_id(node.get("bootid"))[:64],
                        ping=node.find("ping") is not None, updatecheck=node.find("updatecheck") is not None)
         for ev in node.findall("event"):
-            etype, result = _int(ev.get("eventtype")), _int(ev.get("eventresult"))
+            etype, result = _event_int(ev.get("eventtype")), _event_int(ev.get("eventresult"))
             if etype is None or result is None:
-                app.events.append(OmahaEvent(-1, -1))  # answered "ok", otherwise ignored
+                app.events.append(OmahaEvent(OmahaEvent.IGNORED, OmahaEvent.IGNORED))  # answered "ok", no more
                 continue
             app.events.append(OmahaEvent(etype, result, _int(ev.get("errorcode")),
                                          (ev.get("previousversion") or "")[:64]))
@@ -225,25 +269,28 @@ def _record(host, kind: str, label: str, detail: str = "", data: dict | None = N
 
 def apply_event(host, app: OmahaApp, event: OmahaEvent) -> str | None:
     """Move the host's rollout entry as the agent's event would; returns the host's new
-    update_status, or None for an event we do not track."""
+    update_status, or None for an event we do not track.
+
+    Only while the host has an entry in flight: update_engine sends a 3/2 (previous version "",
+    "0.0.0.0" or the old one) with every update check, and nebraska stores no event without an
+    update in progress.  Without an entry nothing is recorded and the host's status stays."""
     from .models import RolloutHost
 
     entry = _current_entry(host.pk)
+    if entry is None:
+        return None
     omaha = {"eventtype": event.type, "eventresult": event.result}
     if event.errorcode is not None:
         omaha["errorcode"] = event.errorcode
     if event.previous_version:
         omaha["previousversion"] = event.previous_version
-    base = {"rollout": entry.rollout_id} if entry else {}
-    if entry:
-        base["version"] = entry.rollout.release.version
+    base = {"rollout": entry.rollout_id, "version": entry.rollout.release.version}
 
     progress = PROGRESS.get((event.type, event.result))
     if progress is not None:
         status, label = progress
-        if entry:
-            RolloutHost.objects.report_status(host.pk, entry.rollout_id, status, None)
-        _record(host, EventKind.UPDATE_PROGRESS, f"{label} (Omaha)" + (f" {base['version']}" if entry else ""),
+        RolloutHost.objects.report_status(host.pk, entry.rollout_id, status, None)
+        _record(host, EventKind.UPDATE_PROGRESS, f"{label} (Omaha) {base['version']}",
                 data={"kind": status.lower(), **base, "omaha": omaha})
         return status
 
@@ -252,8 +299,8 @@ def apply_event(host, app: OmahaApp, event: OmahaEvent) -> str | None:
     if event.result == RESULT_SUCCESS:
         kind, data, status = "update_installed", {**base}, "UPDATED_NEED_REBOOT"
     elif event.result == RESULT_SUCCESS_REBOOT:
-        if not entry or app.version != entry.rollout.release.version:
-            # Not the version we granted (or no grant): nothing moves; the timeout decides.
+        if app.version != entry.rollout.release.version:
+            # Not the version we granted: nothing moves; the timeout decides.
             _record(host, EventKind.AGENT_EVENT, f"booted version {app.version or '?'} (Omaha)",
                     data={"kind": "booted", **base, "omaha": omaha})
             return "IDLE"
@@ -270,10 +317,8 @@ def apply_event(host, app: OmahaApp, event: OmahaEvent) -> str | None:
     else:
         return None
     RolloutHost.objects.report_event(host.pk, kind, data)
-    detail = data.get("reason", "")
-    version = f" {data['version']}" if "version" in data else ""
-    _record(host, kind, f"{EventKind(kind).label.lower()}{version}", detail, data={"kind": kind, **data,
-                                                                                 "omaha": omaha})
+    _record(host, kind, f"{EventKind(kind).label.lower()} {base['version']}", data.get("reason", ""),
+            data={"kind": kind, **data, "omaha": omaha})
     return status
 
 
@@ -282,24 +327,29 @@ def grant_for(host, app: OmahaApp):
 
     Nothing reaches an Omaha host between its checks, so the rollout's wave does not pick it up
     then: when it is waiting in a running rollout, the wave runs now (under the group's policy, like
-    any other wave) and may grant it.
+    any other wave) and may grant it.  A release that is not newer than the version the host
+    reports is never offered (unless the rollout downgrades): a waiting or just granted entry is
+    then skipped, as the rollout would have left the host out had it known that version.
     """
     from .models import Rollout, RolloutHost
 
     entry = RolloutHost.objects.in_flight_for(host.pk)
     if entry is None:
-        waiting = (RolloutHost.objects.filter(host_id=host.pk, state=HostUpdateState.PENDING,
-                                              rollout__status=RolloutStatus.RUNNING)
-                   .values_list("rollout_id", flat=True).first())
+        waiting = (RolloutHost.objects.select_related("rollout__release")
+                   .filter(host_id=host.pk, state=HostUpdateState.PENDING, rollout__status=RolloutStatus.RUNNING)
+                   .first())
         if waiting is None:
             return None
-        Rollout(pk=waiting).advance(checking_host=host.pk)
+        if not waiting.rollout.release.is_update_for(app.version, waiting.rollout.allow_downgrade):
+            RolloutHost.objects.report_event(host.pk, "already_current", {"rollout": waiting.rollout_id})
+            return None
+        Rollout(pk=waiting.rollout_id).advance(checking_host=host.pk)
         entry = RolloutHost.objects.in_flight_for(host.pk)
         if entry is None:
             return None
-    release = entry.rollout.release
-    if app.version and app.version == release.version and entry.state == HostUpdateState.GRANTED:
-        RolloutHost.objects.report_event(host.pk, "already_current", {"rollout": entry.rollout_id})
+    if not entry.rollout.release.is_update_for(app.version, entry.rollout.allow_downgrade):
+        if entry.state == HostUpdateState.GRANTED:
+            RolloutHost.objects.report_event(host.pk, "already_current", {"rollout": entry.rollout_id})
         return None
     return entry
 
@@ -344,19 +394,24 @@ def _app_host(group, app: OmahaApp):
     return host if omaha_managed else None
 
 
+def _app_node(root, app: OmahaApp, status: str):
+    # As both upstream servers: the appid is echoed as sent, and left out when none was sent.
+    return ET.SubElement(root, "app", {"appid": app.appid, "status": status} if app.appid else {"status": status})
+
+
 def answer(apps: list[OmahaApp], group=None) -> bytes:
     """The response.  Without a group (the anonymous ``/v1/update/``) nothing is read or written:
-    every update check is ``noupdate``."""
-    now = timezone.now()
+    every update check is ``noupdate``.  ``daystart elapsed_seconds`` is 0, as both upstream
+    servers send it (update_engine does not read it)."""
+    organization_id = group.organization_id if group is not None else None
     root = ET.Element("response", protocol=PROTOCOL, server=SERVER)
-    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    ET.SubElement(root, "daystart", elapsed_seconds=str(int((now - midnight).total_seconds())))
+    ET.SubElement(root, "daystart", elapsed_seconds="0")
     for app in apps:
-        if _clean_id(app.appid).lower() not in KNOWN_APPIDS:
-            ET.SubElement(root, "app", appid=app.appid, status="error-unknownApplication")
+        if not OmahaApplication.objects.serves(organization_id, app.appid):
+            _app_node(root, app, "error-unknownApplication")  # no children, nothing written
             continue
-        node = ET.SubElement(root, "app", appid=app.appid, status="ok")
-        host = _app_host(group, app) if group is not None else None
+        node = _app_node(root, app, "ok")
+        host = _app_host(group, app) if group is not None and app.has_valid_version else None
         status = None
         if host is not None:
             with transaction.atomic():
@@ -365,17 +420,17 @@ def answer(apps: list[OmahaApp], group=None) -> bytes:
                 _touch(host, app, status)
         if app.ping:
             ET.SubElement(node, "ping", status="ok")
-        for _ in app.events:
-            ET.SubElement(node, "event", status="ok")
         if app.updatecheck:
             entry = grant_for(host, app) if host is not None else None
             if entry is None or not _updatecheck_ok(node, host, entry):
                 ET.SubElement(node, "updatecheck", status="noupdate")
+        for _ in app.events:
+            ET.SubElement(node, "event", status="ok")
     return ET.tostring(root, encoding="UTF-8", xml_declaration=True)
 
 
 def _bad_request(message: str) -> HttpResponse:
-    return HttpResponse(message + "\n", status=400, content_type="text/plain")
+    return HttpResponse(f"{BAD_REQUEST}: {message}\n", status=400, content_type="text/plain")
 
 
 @csrf_exempt

@@ -5,7 +5,7 @@ from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
 from ..choices import HostUpdateState
-from ..models import Channel, ChannelRelease, Release, Rollout, RolloutHost, SigningKey
+from ..models import OS_APPID, Channel, ChannelRelease, OmahaApplication, Release, Rollout, RolloutHost, SigningKey
 
 # ---------------------------------------------------------------------------------------------
 # Releases
@@ -214,3 +214,17 @@ class OmahaUrlSerializer(serializers.Serializer):
 class OmahaUrlIssuedSerializer(serializers.Serializer):
     url = serializers.CharField(help_text="update_engine's SERVER=; shown once")
     update_conf = serializers.CharField(help_text="the update.conf lines to paste (SERVER=, GROUP=); shown once")
+
+
+class OmahaApplicationSerializer(serializers.ModelSerializer):
+    """An Omaha application id the organization serves besides the OS's own (always served)."""
+
+    appid = serializers.CharField(help_text=f"A GUID, with or without a pair of braces, any case (stored lower "
+                                            f"case without braces); not the OS's own {OS_APPID}")
+    label = serializers.CharField(required=False, allow_blank=True, default="",
+                                  max_length=OmahaApplication._meta.get_field("label").max_length)
+
+    class Meta:
+        model = OmahaApplication
+        fields = ["id", "appid", "label", "created", "created_by"]
+        read_only_fields = ["id", "created", "created_by"]

@@ -8,6 +8,7 @@ router = Router()
 router.register("releases", views.ReleaseViewSet, basename="release")
 router.register("channels", views.ChannelViewSet, basename="channel")
 router.register("rollouts", views.RolloutViewSet, basename="rollout")
+router.register("omaha-apps", views.OmahaApplicationViewSet, basename="omaha-app")
 
 urlpatterns = [
     path("rollouts/<int:id>/hosts", views.RolloutHostListView.as_view(), name="rollout-hosts"),

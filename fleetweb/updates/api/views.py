@@ -1,5 +1,5 @@
 """REST endpoints of the update rules: releases, channels (publish / promote / rollback), rollouts
-(pause / resume / abort) and the signing key.  The rules are the models'
+(pause / resume / abort), the signing key, Omaha URLs and Omaha application ids.  The rules are the models'
 (``Release.objects.create_from_upload``, ``Channel.publish/promote/rollback``, ``Rollout.pause/...``);
 an ``UpdateError`` they raise becomes its status with ``{"detail", "errors"}`` (``fleetweb.core.api``)."""
 from __future__ import annotations
@@ -18,10 +18,11 @@ from fleetweb.tenancy.api.base import OrganizationScoped
 from fleetweb.tenancy.choices import Role
 
 from ..filtersets import ReleaseFilterSet, RolloutFilterSet, RolloutHostFilterSet
-from ..models import Channel, ChannelRelease, OmahaUrl, Release, Rollout, RolloutHost, SigningKey
+from ..models import Channel, ChannelRelease, OmahaApplication, OmahaUrl, Release, Rollout, RolloutHost, SigningKey
 from .serializers import (
     ChannelActionSerializer,
     ChannelSerializer,
+    OmahaApplicationSerializer,
     OmahaUrlIssuedSerializer,
     OmahaUrlSerializer,
     PromoteSerializer,
@@ -278,3 +279,31 @@ class GroupOmahaUrlView(APIView):
         if not OmahaUrl.objects.revoke(self.group(request, id), actor=self.actor):
             raise exceptions.NotFound("The group has no Omaha URL.")
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# ---------------------------------------------------------------------------------------------
+# Omaha application ids
+# ---------------------------------------------------------------------------------------------
+
+@extend_schema(tags=["omaha"])
+class OmahaApplicationViewSet(OrganizationScoped, mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                              mixins.CreateModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
+    """Omaha application ids the organization serves besides the OS's own
+    (``{e96281a6-d1af-4bde-9a0a-97b76e56dc57}``, always served): requests naming one get the same OS
+    updates.  An appid the organization does not serve is answered ``error-unknownApplication`` and
+    changes nothing.  Operators add and remove them; viewers list them."""
+
+    queryset = OmahaApplication.objects.all()
+    serializer_class = OmahaApplicationSerializer
+    lookup_value_converter = "int"
+
+    @extend_schema(responses={201: OmahaApplicationSerializer,
+                              400: refused("Not a GUID (with or without one pair of braces); nothing stored"),
+                              409: refused("The OS's own appid (always served), or one the organization "
+                                           "already serves; nothing stored")})
+    def create(self, request, *args, **kwargs):
+        body = self.get_serializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        app = OmahaApplication.objects.add(request.organization, body.validated_data["appid"],
+                                           body.validated_data["label"], actor=self.actor)
+        return Response(self.get_serializer(app).data, status=status.HTTP_201_CREATED)

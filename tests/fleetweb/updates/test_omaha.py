@@ -40,13 +40,15 @@ def make_host(make_host):
 
 
 def request_xml(machine_id, version="100.0.0", *, ping=True, updatecheck=True, events=(), track="stable",
-                bootid="{7d52a1cc-7066-40f0-91c7-7cb6a871bfde}", protocol="3.0") -> bytes:
+                bootid="{7d52a1cc-7066-40f0-91c7-7cb6a871bfde}", protocol="3.0", appid=APPID) -> bytes:
+    """An update_engine request; ``events`` are ``(type, result, errorcode[, previousversion])``."""
     evs = "".join(f'<event eventtype="{t}" eventresult="{r}"' + (f' errorcode="{c}"' if c is not None else "")
-                  + ' previousversion=""></event>' for t, r, c in events)
+                  + f' previousversion="{previous[0] if previous else ""}"></event>' for t, r, c, *previous in events)
+    app = f'appid="{appid}" ' if appid is not None else ""
     return (f'<?xml version="1.0" encoding="UTF-8"?>\n'
             f'<request protocol="{protocol}" version="CoreOSUpdateEngine-0.1.0.0" ismachine="1">'
             f'<os version="Chateau" platform="CoreOS" sp="{version}_x86_64"></os>'
-            f'<app appid="{APPID}" version="{version}" track="{track}" bootid="{bootid}" oem="qemu" '
+            f'<app {app}version="{version}" track="{track}" bootid="{bootid}" oem="qemu" '
             f'machineid="{machine_id}" lang="en-US" board="amd64-usr" delta_okay="false">'
             + ('<ping active="1" a="-1" r="-1"></ping>' if ping else "")
             + ('<updatecheck></updatecheck>' if updatecheck else "")
@@ -61,7 +63,7 @@ def app_of(response) -> ET.Element:
     assert response.status_code == 200 and response["Content-Type"] == "text/xml"
     root = ET.fromstring(response.content)
     assert root.tag == "response" and root.get("protocol") == "3.0" and root.get("server") == "fleetweb"
-    assert 0 <= int(root.find("daystart").get("elapsed_seconds")) < 86400
+    assert root.find("daystart").get("elapsed_seconds") == "0"
     [app] = root.findall("app")
     assert app.get("appid") == APPID and app.get("status") == "ok"
     return app
@@ -73,6 +75,23 @@ def stable(acme):
 
 def entry_of(host) -> RolloutHost:
     return RolloutHost.objects.get(host=host)
+
+
+def snapshot():
+    """Everything an Omaha request could write."""
+    return (list(Host.objects.order_by("pk").values_list("pk", "group_id", "version", "boot_id", "channel",
+                                                       "last_seen", "online", "update_status")),
+            Event.objects.count(), list(RolloutHost.objects.order_by("pk").values_list("pk", "state")))
+
+
+@pytest.fixture
+def notified(monkeypatch):
+    """Hosts whose change was pushed to the dashboard (``fleetweb.fleet.models._host_changed``)."""
+    from fleetweb.fleet import models
+
+    pushed = []
+    monkeypatch.setattr(models, "_host_changed", lambda organization_id, host_id: pushed.append(host_id))
+    return pushed
 
 
 @pytest.fixture
@@ -90,15 +109,17 @@ def granted_host(acme, web_group, online_hosts, release):
 
 
 def test_it_answers_noupdate_with_the_exact_xml(web_group, make_host):
+    """Children in go-omaha's and nebraska's order (ping, updatecheck, event), whatever order the
+    request had or they were processed in; daystart 0 as both send it."""
     host = make_host(web_group)
-    r = post(request_xml(host.machine_id))
+    r = post(request_xml(host.machine_id, events=[(3, 2, None, "")]))
     assert r.status_code == 200 and r["Content-Type"] == "text/xml"
-    elapsed = ET.fromstring(r.content).find("daystart").get("elapsed_seconds")
     assert r.content.decode() == (
         "<?xml version='1.0' encoding='UTF-8'?>\n"
         '<response protocol="3.0" server="fleetweb">'
-        f'<daystart elapsed_seconds="{elapsed}" />'
-        f'<app appid="{APPID}" status="ok"><ping status="ok" /><updatecheck status="noupdate" /></app>'
+        '<daystart elapsed_seconds="0" />'
+        f'<app appid="{APPID}" status="ok"><ping status="ok" /><updatecheck status="noupdate" />'
+        '<event status="ok" /></app>'
         "</response>")
 
 
@@ -244,9 +265,9 @@ def test_it_refuses_an_oversized_body_and_stores_nothing(granted_host):
 def test_it_refuses_malformed_xml_and_other_protocols(web_group, make_host):
     host = make_host(web_group)
     r = post(b"<request protocol='3.0'><app")
-    assert r.status_code == 400 and r.content.startswith(b"malformed XML") and len(r.content) < 300
+    assert r.status_code == 400 and r.content.startswith(b"Bad Omaha Request: malformed XML") and len(r.content) < 300
     r = post(request_xml(host.machine_id, protocol="2.0"))
-    assert r.status_code == 400 and b"protocol" in r.content
+    assert r.status_code == 400 and r.content == b'Bad Omaha Request: unsupported omaha protocol: "2.0" (expected 3.0)\n'
     r = post(b"<hello/>")
     assert r.status_code == 400
     assert Client().get(URL).status_code == 405
@@ -266,3 +287,149 @@ def test_it_refuses_a_doctype_or_entities(body, web_group, make_host):
     r = post(body)
     assert r.status_code == 400 and b"DOCTYPE" in r.content
     assert Event.objects.count() == events_before
+
+
+# --- what update_engine sends on every check, and what is dropped (issue 11) ------------------
+# Each of these fails on main before issue 11 unless said otherwise.
+
+@pytest.mark.parametrize("previous", ["", "0.0.0.0", "99.0.0"], ids=["later-checks", "first-check", "after-update"])
+def test_the_3_2_event_of_every_update_check_changes_nothing_without_a_rollout_entry(
+        web_group, make_host, notified, previous):
+    """update_engine reports "update complete, rebooted" with every check (previousversion "",
+    "0.0.0.0" on the first one, the old version after an update): without an entry in flight it is
+    not an activity, not a push to the dashboard and not a status."""
+    host = make_host(web_group)
+    Host.objects.filter(pk=host.pk).update(update_status="UPDATED_NEED_REBOOT")
+    events_before = Event.objects.filter(host=host).count()
+    app = app_of(post(request_xml(host.machine_id, events=[(3, 2, None, previous)])))
+    assert [e.get("status") for e in app.findall("event")] == ["ok"]
+    assert app.find("updatecheck").get("status") == "noupdate"
+    assert Event.objects.filter(host=host).count() == events_before
+    host.refresh_from_db()
+    assert host.update_status == "UPDATED_NEED_REBOOT" and host.last_seen is not None  # seen, nothing more
+    assert notified == []
+
+
+@pytest.mark.parametrize("event", [(13, 1, None), (14, 1, None), (3, 1, None), (3, 0, 7), (3, 0, 44)],
+                         ids=["download-started", "download-finished", "installed", "error", "rolled-back"])
+def test_progress_installed_and_error_events_without_a_rollout_entry_are_answered_ok_and_dropped(
+        web_group, make_host, notified, event):
+    host = make_host(web_group)
+    events_before = Event.objects.filter(host=host).count()
+    app = app_of(post(request_xml(host.machine_id, updatecheck=False, events=[event])))
+    assert [e.get("status") for e in app.findall("event")] == ["ok"]
+    assert Event.objects.filter(host=host).count() == events_before
+    host.refresh_from_db()
+    assert host.update_status == "IDLE" and not RolloutHost.objects.filter(host=host).exists()
+    assert notified == []
+
+
+@pytest.mark.parametrize("version", ["", "ForcedUpdate", "1", "101.0.0; x", "１０１.0.0"],
+                         ids=["missing", "word", "one-number", "trailing", "non-ascii-digits"])
+def test_a_version_that_is_not_a_version_string_writes_nothing_and_gets_noupdate(granted_host, version):
+    before = snapshot()
+    app = app_of(post(request_xml(granted_host.machine_id, version, events=[(3, 0, 7)])))
+    assert app.find("ping").get("status") == "ok" and app.find("updatecheck").get("status") == "noupdate"
+    assert [e.get("status") for e in app.findall("event")] == ["ok"]
+    assert app_of(post(request_xml("e" * 32, version))).find("updatecheck").get("status") == "noupdate"
+    assert snapshot() == before  # not the version, not the event, not a new host
+    assert entry_of(granted_host).state == HostUpdateState.GRANTED
+
+
+def test_it_never_offers_a_release_not_newer_than_the_version_the_host_reports(granted_host):
+    """The host was granted 101.0.0 but reports 102.0.0 (updated another way): nothing to offer, and
+    its grant is skipped, as the rollout would have left it out."""
+    app = app_of(post(request_xml(granted_host.machine_id, "102.0.0")))
+    assert app.find("updatecheck").get("status") == "noupdate"
+    assert entry_of(granted_host).state == HostUpdateState.SKIPPED
+
+
+def test_a_waiting_host_that_reports_a_newer_version_is_skipped_without_a_grant(acme, web_group, make_host, release):
+    host = make_host(web_group)  # 100.0.0, never online: left waiting by the first wave
+    stable(acme).publish(release, "alice")
+    assert entry_of(host).state == HostUpdateState.PENDING
+    app = app_of(post(request_xml(host.machine_id, "101.0.1")))
+    assert app.find("updatecheck").get("status") == "noupdate"
+    entry = entry_of(host)
+    assert entry.state == HostUpdateState.SKIPPED and entry.granted_at is None
+
+
+def test_a_rollback_rollout_offers_the_older_release(acme, web_group, make_host, make_release):
+    """Kept: a rollout that downgrades (an explicit channel rollback) offers an older release."""
+    host = make_host(web_group)
+    old, new = make_release("101.0.0"), make_release("102.0.0")
+    stable(acme).publish(old, "alice")
+    stable(acme).publish(new, "alice")
+    app_of(post(request_xml(host.machine_id, "102.0.0", updatecheck=False)))
+    [rollout] = stable(acme).rollback(old, "alice")
+    assert rollout.allow_downgrade
+    check = app_of(post(request_xml(host.machine_id, "102.0.0"))).find("updatecheck")
+    assert check.get("status") == "ok" and check.find("manifest").get("version") == "101.0.0"
+
+
+@pytest.mark.parametrize("uuid, channel", [("9a2deb70-37be-4026-853f-bfdd6b347bbe", "stable"),
+                                           ("e641708d-fb48-4260-8bdf-ba2074a1147a", "alpha"),
+                                           ("72834a2b-ad86-4d6d-b498-e08a19ebe54e", "edge")],
+                         ids=["amd64-stable", "arm64-alpha", "amd64-edge"])
+def test_an_old_coreos_group_uuid_as_track_is_stored_as_its_channel(web_group, make_host, uuid, channel):
+    host = make_host(web_group)
+    app_of(post(request_xml(host.machine_id, track=uuid)))
+    host.refresh_from_db()
+    assert host.channel == channel
+    app_of(post(request_xml("f" * 32, track=uuid)))  # enrolled by this request
+    assert Host.objects.get(machine_id="f" * 32).channel == channel
+    app_of(post(request_xml(host.machine_id, track="dev-channel")))  # other tracks: as sent
+    host.refresh_from_db()
+    assert host.channel == "dev-channel"
+
+
+@pytest.mark.parametrize("appid", ["{e96281a6-d1af-4bde-9a0a-97b76e56dc57", "e96281a6-d1af-4bde-9a0a-97b76e56dc57}",
+                                   "{{e96281a6-d1af-4bde-9a0a-97b76e56dc57}}"],
+                         ids=["lone-opening-brace", "lone-closing-brace", "two-pairs"])
+def test_an_appid_with_unbalanced_braces_is_unknown_and_writes_nothing(granted_host, appid):
+    before = snapshot()
+    r = post(request_xml(granted_host.machine_id, events=[(3, 0, 7)], appid=appid))
+    assert r.status_code == 200
+    [app] = ET.fromstring(r.content).findall("app")
+    assert (app.get("appid"), app.get("status"), list(app)) == (appid, "error-unknownApplication", [])
+    assert snapshot() == before
+
+
+@pytest.mark.parametrize("appid", ["{E96281A6-D1AF-4BDE-9A0A-97B76E56DC57}", "e96281a6-d1af-4bde-9a0a-97b76e56dc57",
+                                   " {e96281a6-d1af-4bde-9a0a-97b76e56dc57} "],
+                         ids=["upper-case", "no-braces", "spaces"])
+def test_the_os_appid_is_known_in_any_case_with_or_without_braces_and_echoed_as_sent(web_group, make_host, appid):
+    host = make_host(web_group)
+    r = post(request_xml(host.machine_id, appid=appid))
+    [app] = ET.fromstring(r.content).findall("app")
+    assert (app.get("appid"), app.get("status")) == (appid, "ok")
+
+
+@pytest.mark.parametrize("appid", [None, ""], ids=["missing", "empty"])
+def test_an_app_without_appid_is_answered_without_the_attribute_and_writes_nothing(granted_host, appid):
+    before = snapshot()
+    r = post(request_xml(granted_host.machine_id, events=[(3, 0, 7)], appid=appid))
+    [app] = ET.fromstring(r.content).findall("app")
+    assert (app.attrib, list(app)) == ({"status": "error-unknownApplication"}, [])
+    assert snapshot() == before
+
+
+def test_an_event_without_eventresult_is_an_error_as_both_upstream_servers_read_it(granted_host):
+    body = request_xml(granted_host.machine_id, updatecheck=False, events=[(3, 0, None)])
+    app = app_of(post(body.replace(b' eventresult="0"', b"")))
+    assert [e.get("status") for e in app.findall("event")] == ["ok"]
+    assert entry_of(granted_host).state == HostUpdateState.FAILED
+    assert Event.objects.get(host=granted_host, kind="update_error").data["omaha"] == {"eventtype": 3,
+                                                                                       "eventresult": 0}
+
+
+def test_an_event_whose_type_is_not_a_number_is_answered_ok_and_dropped(granted_host, notified):
+    """A deliberate difference (both upstream decoders refuse the whole request); this already
+    held before issue 11."""
+    events_before = Event.objects.filter(host=granted_host).count()
+    body = request_xml(granted_host.machine_id, updatecheck=False, events=[(13, 1, None)])
+    app = app_of(post(body.replace(b'eventtype="13"', b'eventtype="x"')))
+    assert [e.get("status") for e in app.findall("event")] == ["ok"]
+    assert entry_of(granted_host).state == HostUpdateState.GRANTED
+    assert Event.objects.filter(host=granted_host).count() == events_before
+    assert notified == []
