@@ -34,7 +34,9 @@ from .choices import ChannelAction, ChannelName, HostUpdateState, RolloutStatus
 
 log = logging.getLogger(__name__)
 
-VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+){1,3}([-+][0-9A-Za-z.]+)?$")
+# 2 to 4 numbers, then semver's pre-release and build parts: Flatcar's nightlies report
+# 3815.0.0+nightly-20231222-2100 (nebraska takes any semver; ours refused the hyphens after "+").
+VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+){1,3}(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
 CHUNK = 1024 * 1024
 
 

@@ -336,6 +336,14 @@ def test_a_version_that_is_not_a_version_string_writes_nothing_and_gets_noupdate
     assert entry_of(granted_host).state == HostUpdateState.GRANTED
 
 
+def test_a_flatcar_nightly_version_is_a_version(granted_host):
+    """3815.0.0+nightly-20231222-2100 is semver (nebraska takes it); it was refused as no version."""
+    app = app_of(post(request_xml(granted_host.machine_id, "3815.0.0+nightly-20231222-2100")))
+    assert app.get("status") == "ok" and app.find("ping").get("status") == "ok"
+    granted_host.refresh_from_db()
+    assert granted_host.version == "3815.0.0+nightly-20231222-2100"
+
+
 def test_it_never_offers_a_release_not_newer_than_the_version_the_host_reports(granted_host):
     """The host was granted 101.0.0 but reports 102.0.0 (updated another way): nothing to offer, and
     its grant is skipped, as the rollout would have left it out."""

@@ -38,7 +38,13 @@ def test_it_refuses_a_payload_that_does_not_match_and_stores_nothing(acme, media
     assert not store.exists() or list(store.iterdir()) == []
 
 
-@pytest.mark.parametrize("version", ["", "abc", "1", "1.2.3.4.5", "1.0/../../x"])
+@pytest.mark.parametrize("version", ["3815.0.0+nightly-20231222-2100", "3602.0.0-beta-1", "1632.3.0"])
+def test_it_takes_flatcar_and_container_linux_versions(acme, media_root, version):
+    """Semver's pre-release and build parts with hyphens, as Flatcar's nightlies report them."""
+    assert Release.objects.create_from_upload(acme, version, io.BytesIO(b"data")).version == version
+
+
+@pytest.mark.parametrize("version", ["", "abc", "1", "1.2.3.4.5", "1.0/../../x", "1.0.0+", "1.0.0+a/b", "1.0.0 +a"])
 def test_it_refuses_bad_versions(acme, version):
     with pytest.raises(UpdateError) as err:
         Release.objects.create_from_upload(acme, version, io.BytesIO(b"data"))
