@@ -354,7 +354,10 @@ class AgentConsumer(PlainWebsocket):
 
         data = msg.get("data") or {}
         with transaction.atomic():
-            RolloutHost.objects.report_event(self.host_id, msg["kind"], data)
+            moved = RolloutHost.objects.report_event(self.host_id, msg["kind"], data)
+            if (moved is None and msg["kind"] == EventKind.UPDATE_SUCCEEDED
+                    and Event.objects.boot_recorded(self.host_id, data.get("rollout"))):
+                return  # its heartbeat finished the entry and recorded the boot
             kind = msg["kind"] if msg["kind"] in EventKind.values else EventKind.AGENT_EVENT
             detail = msg.get("message") or data.get("reason") or data.get("message") or ""
             version = data.get("version")

@@ -67,6 +67,13 @@ class EventManager(models.Manager):
         return event
 
 
+    def boot_recorded(self, host_id, rollout_id) -> bool:
+        """Whether the host's boot into a rollout's version is in the activity log already (its
+        heartbeat showed it before the agent's ``booted_new_version`` event came)."""
+        return isinstance(rollout_id, int) and self.filter(
+            host_id=host_id, kind=EventKind.UPDATE_SUCCEEDED, data__rollout=rollout_id).exists()
+
+
 class Event(models.Model):
     organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE, related_name="events")
     kind = models.CharField(max_length=32, choices=EventKind.choices)

@@ -629,13 +629,19 @@ class RolloutHostManager(models.Manager.from_queryset(RolloutHostQuerySet)):
             return []
         waiting = (self.filter(host__pk__any=list(booted), rollout__status=RolloutStatus.RUNNING,
                                state__in=(HostUpdateState.NEED_REBOOT, HostUpdateState.REBOOTING))
-                   .values_list("host_id", "rollout_id", "rollout__release__version"))
+                   .values_list("host_id", "rollout_id", "rollout__release__version", "host__hostname",
+                                "host__organization_id", "host__group_id"))
         finished = []
-        for host_id, rollout_id, version in waiting:
+        for host_id, rollout_id, version, hostname, organization_id, group_id in waiting:
             if booted.get(host_id) == version:
                 rh = self.report_event(host_id, "booted_new_version", {"rollout": rollout_id, "version": version})
                 if rh is not None:
-                    log.info("host %s booted %s (its heartbeat says so; the event did not come)", host_id, version)
+                    # The activity log shows the boot once, whichever of heartbeat and event came first.
+                    Event.objects.record(organization_id, EventKind.UPDATE_SUCCEEDED,
+                                         f"Host {hostname}: {EventKind.UPDATE_SUCCEEDED.label.lower()} {version}",
+                                         host_id=host_id, group_id=group_id,
+                                         data={"kind": "booted_new_version", "rollout": rollout_id, "version": version,
+                                               "reported_by": "heartbeat"})
                     finished.append(rh)
         return finished
 

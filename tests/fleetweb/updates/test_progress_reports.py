@@ -9,7 +9,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from agent import protocol
-from fleetweb.fleet.models import Host
+from fleetweb.fleet.models import Event, Host
 from fleetweb.fleet.writer import writer
 from fleetweb.updates.choices import HostUpdateState
 from fleetweb.updates.models import RolloutHost
@@ -142,9 +142,24 @@ async def test_a_heartbeat_showing_the_new_version_booted_and_marked_good_finish
     good[1]["successful"] = True
     await comm.send_to(text_data=status(3, "IDLE", partitions=good, version="101.0.0"))
     await until(lambda: _is(entry, (HostUpdateState.SUCCEEDED, entry.progress)))
+    # The activity log shows the boot, though no event came (a killed web process lost it).
+    assert await boots(host, entry) == ["Host web-00: booted the new version 101.0.0"]
     await comm.send_to(text_data=protocol.encode("event", "agent", kind="booted_new_version",
                                                  data={"version": "101.0.0", "rollout": entry.rollout_id}))
     await comm.send_to(text_data=status(4, "IDLE", partitions=good, version="101.0.0"))
     await until(lambda: _seq(host, 4))
     assert (await entry_state(entry))[0] == HostUpdateState.SUCCEEDED
+    # The event, when it comes, is not a second boot (the fault drills count one per host).
+    await comm.send_to(text_data=protocol.encode("event", "agent", kind="download_retrying", data={"marker": 1}))
+    await until(lambda: _events_with_marker(host))
+    assert await boots(host, entry) == ["Host web-00: booted the new version 101.0.0"]
     await comm.disconnect()
+
+
+async def boots(host, entry) -> list[str]:
+    return await sync_to_async(lambda: list(Event.objects.filter(
+        host_id=host.pk, kind="booted_new_version", data__rollout=entry.rollout_id).values_list("message", flat=True)))()
+
+
+async def _events_with_marker(host) -> bool:
+    return await sync_to_async(Event.objects.filter(host_id=host.pk, data__marker=1).exists)()
