@@ -58,11 +58,18 @@ def verify(public_key_b64: str, signature_b64: str, version: str, size: int, sha
 
 
 def version_key(version: str) -> tuple:
-    """Order versions like 100.0.0 < 100.0.10 < 101.0.0 (numeric parts numerically)."""
-    out = []
-    for part in version.replace("-", ".").replace("+", ".").split("."):
-        out.append((0, int(part), "") if part.isdigit() else (1, 0, part))
-    return tuple(out)
+    """Order versions as semver does: 100.0.0 < 100.0.10 < 101.0.0 (numbers numerically); a
+    pre-release sorts before its release (3602.0.0-beta.1 < 3602.0.0); build metadata is ignored
+    (3815.0.0+nightly-20231222 == 3815.0.0).  Any text gets a key: a part that is not a number
+    sorts after the numbers."""
+    core, _, _build = version.partition("+")
+    core, dash, pre = core.partition("-")
+
+    def part(text: str) -> tuple:
+        return (0, int(text), "") if text.isdigit() else (1, 0, text)
+
+    release = (1,) if not dash else (0, *(part(p) for p in pre.split(".")))
+    return tuple(part(p) for p in core.split(".")), release
 
 
 ROTATION_SCHEME = "fleetweb-key-rotation-v1"

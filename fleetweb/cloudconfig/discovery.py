@@ -2,7 +2,7 @@
 (etcdserver/api/v2discovery + the v2 ``client`` keys API), like discovery.etcd.io:
 
 - ``GET /discovery/new?size=N`` (or ``size`` in a POST form) → ``text/plain`` token URL
-  ``<FLEET_PUBLIC_URL>/discovery/<32 hex>``; N from 1 to 32767 (upstream takes any integer).
+  ``<FLEET_PUBLIC_URL>/discovery/<32 hex>``; N from 1 to 255 (upstream takes any integer).
 - ``GET <token>/_config/size`` → ``{"action": "get", "node": {"key", "value": "N", ...}}``.
 - ``GET <token>`` or ``GET <token>/`` (``recursive``, ``sorted``, ``quorum`` accepted) → the token
   directory: one node per member, each ``{"key", "value", "modifiedIndex", "createdIndex"}``.  The

@@ -17,8 +17,10 @@ from django.utils import timezone
 
 from fleetweb.core.hub import hub
 
-# discovery.etcd.io takes any size (its own tests go to 100); ours is a PositiveSmallIntegerField.
-MAX_SIZE = 32767
+# discovery.etcd.io takes any size (its own tests go to 100).  Ours stops at 255: an etcd cluster has
+# a handful of voting members, and every listing and every woken watch reads all of a token's members
+# (with anonymous creation on, whoever holds a token URL may register size + EXTRA_MEMBERS of them).
+MAX_SIZE = 255
 DEFAULT_SIZE = 3
 # Registrations a token stores beyond its size.  discovery.etcd.io stores every one, and etcd's client
 # tells those past the size that the cluster is full (so ``--discovery-fallback=proxy`` works for a

@@ -105,3 +105,15 @@ def test_fingerprint_and_its_parsing():
         except ValueError:
             continue
         raise AssertionError(bad)
+
+
+def test_versions_order_as_semver_does():
+    """Flatcar reports pre-releases and nightlies; a host on 3602.0.0-beta.1 must be offered 3602.0.0
+    (the key once read the pre-release as a fifth number, above its release), and build metadata does
+    not order (nebraska compares with semver)."""
+    ordered = ["100.0.0", "100.0.10", "101.0.0", "3602.0.0-alpha", "3602.0.0-beta.1", "3602.0.0-beta.2",
+               "3602.0.0-beta.11", "3602.0.0-rc.1", "3602.0.0", "3602.0.1"]
+    assert sorted(reversed(ordered), key=signing.version_key) == ordered
+    assert signing.version_key("3815.0.0+nightly-20231222-2100") == signing.version_key("3815.0.0")
+    assert signing.version_key("1.0.0-1") < signing.version_key("1.0.0-alpha")  # numeric identifiers first, as semver
+    assert signing.version_key("unknown") and signing.version_key("")  # any text has a key

@@ -26,7 +26,9 @@ SIZE = 3
 
 DELIBERATE = {
     "new-size-not-a-number": "our 400 says what is allowed (\"size must be an integer between 1 and "
-                             "32767\") instead of Go's strconv error text; the status is the same",
+                             "255\") instead of Go's strconv error text; the status is the same",
+    "new-size-1000": "sizes stop at 255: an etcd cluster has a handful of voting members, and every "
+                     "listing and woken watch reads all of a token's members (upstream takes any integer)",
     "new-size-zero-or-negative": "a cluster of 0 or fewer members cannot bootstrap: refused with 400 "
                                  "instead of a token no etcd can use",
     "non-hex-token": "a path that is not a token answers etcd's v2 JSON 404 (errorCode 100), which "

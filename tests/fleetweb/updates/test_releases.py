@@ -90,3 +90,13 @@ def test_the_store_sweep_removes_only_payloads_no_release_refers_to(acme, make_r
     fresh.write_bytes(b"an upload still in its transaction")
     assert sweep_payload_store() == 1
     assert not orphan.exists() and fresh.exists() and kept.path.exists()
+
+
+def test_a_release_is_an_update_for_its_own_pre_releases_not_the_other_way():
+    """A host on 3602.0.0-beta.1 gets 3602.0.0 (its key once sorted the pre-release above its release,
+    so the host was skipped); build metadata orders nothing, as in semver."""
+    final = Release(version="3602.0.0")
+    assert final.is_update_for("3602.0.0-beta.1")
+    assert not Release(version="3602.0.0-beta.1").is_update_for("3602.0.0")
+    assert Release(version="3602.0.0-beta.1").is_update_for("3602.0.0", allow_downgrade=True)
+    assert not final.is_update_for("3602.0.0+build-7")
