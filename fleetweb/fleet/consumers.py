@@ -356,8 +356,8 @@ class AgentConsumer(PlainWebsocket):
         with transaction.atomic():
             moved = RolloutHost.objects.report_event(self.host_id, msg["kind"], data)
             if (moved is None and msg["kind"] == EventKind.UPDATE_SUCCEEDED
-                    and Event.objects.boot_recorded(self.host_id, data.get("rollout"))):
-                return  # its heartbeat finished the entry and recorded the boot
+                    and Event.objects.add_to_recorded_boot(self.host_id, {"kind": msg["kind"], **data})):
+                return  # its heartbeat finished the entry and recorded the boot: one entry per boot
             kind = msg["kind"] if msg["kind"] in EventKind.values else EventKind.AGENT_EVENT
             detail = msg.get("message") or data.get("reason") or data.get("message") or ""
             version = data.get("version")

@@ -67,11 +67,20 @@ class EventManager(models.Manager):
         return event
 
 
-    def boot_recorded(self, host_id, rollout_id) -> bool:
-        """Whether the host's boot into a rollout's version is in the activity log already (its
-        heartbeat showed it before the agent's ``booted_new_version`` event came)."""
-        return isinstance(rollout_id, int) and self.filter(
-            host_id=host_id, kind=EventKind.UPDATE_SUCCEEDED, data__rollout=rollout_id).exists()
+    def add_to_recorded_boot(self, host_id, data: dict) -> bool:
+        """The agent's ``booted_new_version`` event for a boot its heartbeat already put in the activity
+        log (the heartbeat is written first): what the agent adds (the previous version, the partition)
+        goes into that entry instead of a second one.  False when there is no such entry."""
+        rollout_id = data.get("rollout")
+        if not isinstance(rollout_id, int) or isinstance(rollout_id, bool):
+            return False
+        event = self.filter(host_id=host_id, kind=EventKind.UPDATE_SUCCEEDED, data__rollout=rollout_id).first()
+        if event is None:
+            return False
+        event.data = {k: v for k, v in {**event.data, **data}.items() if k != "reported_by"}
+        event.save(update_fields=["data"])
+        transaction.on_commit(lambda: event.broadcast())
+        return True
 
 
 class Event(models.Model):

@@ -630,9 +630,9 @@ class RolloutHostManager(models.Manager.from_queryset(RolloutHostQuerySet)):
         waiting = (self.filter(host__pk__any=list(booted), rollout__status=RolloutStatus.RUNNING,
                                state__in=(HostUpdateState.NEED_REBOOT, HostUpdateState.REBOOTING))
                    .values_list("host_id", "rollout_id", "rollout__release__version", "host__hostname",
-                                "host__organization_id", "host__group_id"))
+                                "host__organization_id", "host__group_id", "from_version"))
         finished = []
-        for host_id, rollout_id, version, hostname, organization_id, group_id in waiting:
+        for host_id, rollout_id, version, hostname, organization_id, group_id, from_version in waiting:
             if booted.get(host_id) == version:
                 rh = self.report_event(host_id, "booted_new_version", {"rollout": rollout_id, "version": version})
                 if rh is not None:
@@ -641,6 +641,9 @@ class RolloutHostManager(models.Manager.from_queryset(RolloutHostQuerySet)):
                                          f"Host {hostname}: {EventKind.UPDATE_SUCCEEDED.label.lower()} {version}",
                                          host_id=host_id, group_id=group_id,
                                          data={"kind": "booted_new_version", "rollout": rollout_id, "version": version,
+                                               "previous_version": from_version or None,
+                                               "partition": next(p.get("label") for p in partitions_of[host_id]
+                                                                 if p.get("active")),
                                                "reported_by": "heartbeat"})
                     finished.append(rh)
         return finished

@@ -144,8 +144,11 @@ async def test_a_heartbeat_showing_the_new_version_booted_and_marked_good_finish
     await until(lambda: _is(entry, (HostUpdateState.SUCCEEDED, entry.progress)))
     # The activity log shows the boot, though no event came (a killed web process lost it).
     assert await boots(host, entry) == ["Host web-00: booted the new version 101.0.0"]
+    recorded = await boot_data(host, entry)
+    assert (recorded["partition"], recorded["reported_by"]) == ("USR-B", "heartbeat")
     await comm.send_to(text_data=protocol.encode("event", "agent", kind="booted_new_version",
-                                                 data={"version": "101.0.0", "rollout": entry.rollout_id}))
+                                                 data={"version": "101.0.0", "rollout": entry.rollout_id,
+                                                       "previous_version": "100.0.0", "partition": "USR-B"}))
     await comm.send_to(text_data=status(4, "IDLE", partitions=good, version="101.0.0"))
     await until(lambda: _seq(host, 4))
     assert (await entry_state(entry))[0] == HostUpdateState.SUCCEEDED
@@ -153,7 +156,15 @@ async def test_a_heartbeat_showing_the_new_version_booted_and_marked_good_finish
     await comm.send_to(text_data=protocol.encode("event", "agent", kind="download_retrying", data={"marker": 1}))
     await until(lambda: _events_with_marker(host))
     assert await boots(host, entry) == ["Host web-00: booted the new version 101.0.0"]
+    # ... but what it adds goes into the one entry (the host's timeline shows "(was 100.0.0)").
+    recorded = await boot_data(host, entry)
+    assert recorded["previous_version"] == "100.0.0" and "reported_by" not in recorded
     await comm.disconnect()
+
+
+async def boot_data(host, entry) -> dict:
+    return await sync_to_async(lambda: Event.objects.get(
+        host_id=host.pk, kind="booted_new_version", data__rollout=entry.rollout_id).data)()
 
 
 async def boots(host, entry) -> list[str]:
