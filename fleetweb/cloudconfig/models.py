@@ -42,6 +42,18 @@ class InvalidDocument(Exception):
         return f"The document has errors: {first}" + (f" (and {more} more)" if more else "")
 
 
+def saving_report(content: str) -> cc.Report:
+    """The report a document must pass to be saved: the validator's (``coreos-cloudinit --validate``'s
+    rules), and an Ignition config refused.  The validator passes Ignition JSON as upstream does
+    (Ignition, not cloudinit, reads it); the agent applies cloud-config only, so a saved one would
+    silently do nothing."""
+    report = cc.validate(content)
+    if cc.is_ignition(content):
+        report.add(1, cc.ERROR, "this is an Ignition config (JSON): Fleetweb serves cloud-config; "
+                                "write it as a #cloud-config document")
+    return report
+
+
 class CloudConfigManager(models.Manager):
     def for_organization(self, organization) -> "CloudConfig":
         doc, _ = self.get_or_create(organization=organization, group=None, host=None)
@@ -150,7 +162,7 @@ class CloudConfig(models.Model):
         the document reaches get a new policy after the commit.
         """
         content = normalise(content)
-        report = cc.validate(content)
+        report = saving_report(content)
         if not report.valid:
             raise InvalidDocument(report)
         with transaction.atomic():

@@ -25,6 +25,7 @@ from .models import (
     apply_state,
     host_addresses,
     hosts_with_state,
+    saving_report,
 )
 
 INVALID = 422
@@ -101,7 +102,7 @@ def editor(request, level, pk=None):
         return HttpResponseNotAllowed(["GET", "POST"])
     require_operator(request)
     content = request.POST.get("content", "")
-    report = cc.validate(content)
+    report = saving_report(content)
     if report.valid:
         doc = _document(level, target, create=True)
         try:

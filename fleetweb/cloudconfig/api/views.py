@@ -18,7 +18,15 @@ from fleetweb.fleet.models import Group, Host, HostCredential
 from fleetweb.tenancy.choices import Role
 
 from ..choices import Level
-from ..models import CloudConfig, FetchUrl, HostCloudConfigState, InvalidDocument, Revision, host_addresses
+from ..models import (
+    CloudConfig,
+    FetchUrl,
+    HostCloudConfigState,
+    InvalidDocument,
+    Revision,
+    host_addresses,
+    saving_report,
+)
 from ..models import apply_state as compute_state
 from .serializers import (
     AgentDocumentSerializer,
@@ -91,7 +99,7 @@ class DocumentView(LevelMixin, APIView):
         body = ContentSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         self.target()  # 404 before anything is created
-        report = cc.validate(body.validated_data["content"])
+        report = saving_report(body.validated_data["content"])
         if not report.valid:
             return invalid_response(InvalidDocument(report))
         with transaction.atomic():

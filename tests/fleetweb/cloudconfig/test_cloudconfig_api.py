@@ -58,6 +58,19 @@ def test_a_document_with_errors_is_not_saved(operator, web_group):
     assert CloudConfig.objects.get(group=web_group).content == GOOD
 
 
+def test_an_ignition_config_passes_validation_as_upstream_but_is_not_saved(operator, web_group):
+    """coreos-cloudinit --validate passes Ignition JSON (the interop suite checks ours does too); the
+    agent applies cloud-config only, so a saved one would silently do nothing."""
+    ignition = '{"ignition": {"version": "3.0.0"}}'
+    r = operator.post("/api/v1/cloud-config/validate", {"content": ignition}, format="json")
+    assert r.json() == {"valid": True, "entries": []}
+    r = put(operator, f"/api/v1/groups/{web_group.pk}/cloud-config", ignition)
+    assert r.status_code == 400
+    assert r.json()["entries"] == [{"line": 1, "kind": "error", "message": "this is an Ignition config (JSON): "
+                                    "Fleetweb serves cloud-config; write it as a #cloud-config document"}]
+    assert CloudConfig.objects.count() == 0 and Revision.objects.count() == 0
+
+
 def test_a_first_document_with_errors_creates_nothing(operator, web_group, make_host):
     host = make_host(web_group)
     assert put(operator, f"/api/v1/hosts/{host.pk}/cloud-config", "no header\n").status_code == 400
