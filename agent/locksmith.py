@@ -125,6 +125,8 @@ class Semaphore:
         return Semaphore(self.semaphore + 1, self.max, sorted(h for h in self.holders if h != holder))
 
     def with_max(self, n: int) -> Semaphore:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise LockError(INVALID, f"max must be an integer >= 0, not {n!r}")
         return Semaphore(self.semaphore + n - self.max, n, sorted(self.holders))
 
 
@@ -237,8 +239,7 @@ class Locksmith:
     def set_max(self, n: int) -> tuple[Semaphore, Semaphore]:
         """locksmith's set-max; returns (the semaphore before, after), the old one read in the same
         compare-and-swap as the change (``locksmithctl set-max`` prints both maxima)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise LockError(INVALID, f"max must be an integer >= 0, not {n!r}")
+        Semaphore.new(0).with_max(n)  # refused before any read: not a count of hosts
         return self._update(lambda s: s.with_max(n))
 
     def holders(self) -> list[str]:

@@ -32,7 +32,10 @@ class Rejection(Exception):
 
 def rejection(kind: str, value: str | None = None) -> JsonResponse:
     exc = Rejection(kind, value)
-    return JsonResponse({"kind": exc.kind, "value": exc.value}, status=FleetLockError.status(kind))
+    response = JsonResponse({"kind": exc.kind, "value": exc.value}, status=FleetLockError.status(kind))
+    if kind == FleetLockError.METHOD_NOT_ALLOWED:
+        response["Allow"] = "POST"
+    return response
 
 
 def parse(request) -> tuple[str, str]:

@@ -137,6 +137,7 @@ def test_without_etcd_it_says_so(acme, no_etcd):
 def test_get_is_not_allowed_and_says_so_in_the_protocols_error_body(fleetlock):
     r = Client().get(f"/fleetlock/{fleetlock.secret}/v1/pre-reboot", HTTP_FLEET_LOCK_PROTOCOL="true")
     assert r.status_code == 405 and r.json() == {"kind": "method_not_allowed", "value": "FleetLock requests are POST"}
+    assert r["Allow"] == "POST"
 
 
 @pytest.mark.parametrize("value", ["TRUE", "True", "1", "false"])
