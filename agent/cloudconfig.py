@@ -481,7 +481,7 @@ def _check_files(root, report: Report) -> None:
                 line = _line(content_key) if content_key is not None else _line(encoding_key)
                 report.add(line, ERROR, f'content cannot be decoded as "{name}"')
         path_key, path = _child(item, "path")
-        if isinstance(path, yaml.ScalarNode) and not _is_null(path) and in_read_only_dir(_text(path)):
+        if isinstance(path, yaml.ScalarNode) and not _is_null(path) and under_usr(_text(path)):
             report.add(_line(path_key), ERROR, f"file {_text(path)} is under /usr, which is read-only")
 
 
@@ -509,15 +509,11 @@ def _has_text(node) -> bool:
 
 # -- values -----------------------------------------------------------------------------------
 
-def in_read_only_dir(path: str) -> bool:
-    """The file's directory, lexically cleaned, is /usr or below it (read-only on the host).  Not
-    /usr itself (its directory is /) nor a relative path, as upstream; /usrlocal is not /usr."""
-    directory = re.sub(r"^/+", "/", posixpath.normpath(posixpath.dirname(path)))   # normpath keeps '//'
-    return directory == "/usr" or directory.startswith("/usr/")
-
-
 def under_usr(path: str) -> bool:
-    """The agent's guard when writing: the path itself is /usr or under it."""
+    """The path, as the agent writes it (a relative one under /), is /usr or under it: read-only on
+    the host.  The validator and the agent apply this one rule, so a document that passes validation
+    is written.  Upstream's validator checks the directory as written (so ``/usr`` itself and a
+    relative ``usr/x`` pass it, and fail when written); /usrlocal is not /usr."""
     norm = posixpath.normpath("/" + path.lstrip("/"))
     return norm == "/usr" or norm.startswith("/usr/")
 

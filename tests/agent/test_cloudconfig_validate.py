@@ -102,10 +102,17 @@ def test_a_file_under_usr_is_an_error(path):
     assert got[0][:2] == (3, "error") and "/usr" in got[0][2]
 
 
-@pytest.mark.parametrize("path", ["/usrlocal/x", "/usr", "relative/usr/x", "usr/x"])
+@pytest.mark.parametrize("path", ["/usrlocal/x", "relative/usr/x", "etc/x"])
 def test_a_file_next_to_usr_or_relative_is_fine(path):
-    # /usr itself has / for directory; a relative path is not checked (as coreos-cloudinit)
     assert entries(f"#cloud-config\nwrite_files:\n  - path: {path}\n") == []
+
+
+@pytest.mark.parametrize("path", ["/usr", "usr/x", "../usr/x", "//usr/lib/x"])
+def test_a_file_the_agent_would_write_under_usr_is_an_error(path):
+    """The agent writes a relative path under / and refuses /usr and below; the validator applies the
+    same rule (upstream's checks the directory as written, so these pass it and fail when written)."""
+    got = entries(f"#cloud-config\nwrite_files:\n  - path: {path}\n")
+    assert got == [(3, "error", f"file {path} is under /usr, which is read-only")]
 
 
 def test_a_file_without_a_path_is_accepted():

@@ -95,6 +95,16 @@ DERIVED = [
             (("error", 3, "file cannot be written to a read-only filesystem"),), (),
             "upstream compares the directory with /usr as a string prefix, so /usrlocal counts as /usr; "
             "only /usr and below are read-only"),
+    Derived("usr-itself",
+            "#cloud-config\nwrite_files:\n  - path: /usr\n", (),
+            (("error", 3, "file /usr is under /usr, which is read-only"),),
+            "the agent refuses to write /usr and anything under it; upstream checks only the directory "
+            "(/ for /usr itself), so the document passed and its write failed on the host"),
+    Derived("usr-relative",
+            "#cloud-config\nwrite_files:\n  - path: usr/lib/x\n", (),
+            (("error", 3, "file usr/lib/x is under /usr, which is read-only"),),
+            "a relative path is written under / (as upstream writes it), so usr/lib/x is /usr/lib/x; "
+            "upstream's validator does not resolve it and passes it"),
     Derived("document-not-a-map",
             "#cloud-config\n- hostname: web\n", (),
             (("warning", 2, "incorrect type for the document (want map)"),),
