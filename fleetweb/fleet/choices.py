@@ -75,6 +75,8 @@ class EventKind(models.TextChoices):
     REENROLLMENT_REFUSED = "reenrollment_refused", "Re-enrollment refused"
     OMAHA_URL_ROTATED = "omaha_url_rotated", "Omaha URL rotated"
     OMAHA_URL_REVOKED = "omaha_url_revoked", "Omaha URL revoked"
+    OMAHA_APP_ADDED = "omaha_app_added", "Omaha application id added"
+    OMAHA_APP_REMOVED = "omaha_app_removed", "Omaha application id removed"
     FLEETLOCK_REVOKED = "fleetlock_revoked", "FleetLock URL revoked"
     CLOUD_CONFIG_URL_ROTATED = "cloud_config_url_rotated", "Cloud-config URL rotated"
     CLOUD_CONFIG_URL_REVOKED = "cloud_config_url_revoked", "Cloud-config URL revoked"
@@ -98,6 +100,7 @@ class EventKind(models.TextChoices):
             cls.SIGNING_KEY_ROTATED: "purple", cls.KEY_ROTATED: "purple",
             cls.CREDENTIAL_REVOKED: "red", cls.REENROLLMENT_ALLOWED: "orange", cls.REENROLLMENT_REFUSED: "red",
             cls.OMAHA_URL_ROTATED: "blue", cls.OMAHA_URL_REVOKED: "orange", cls.FLEETLOCK_REVOKED: "orange",
+            cls.OMAHA_APP_ADDED: "blue", cls.OMAHA_APP_REMOVED: "orange",
             cls.CLOUD_CONFIG_URL_ROTATED: "blue", cls.CLOUD_CONFIG_URL_REVOKED: "orange",
             cls.ETCD_ROTATED: "blue", cls.ETCD_ACCESS_REVOKED: "red",
         }.get(kind, "grey")

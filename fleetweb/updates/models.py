@@ -899,9 +899,21 @@ class OmahaApplicationManager(models.Manager):
                               "appid", status=409)
         try:
             with transaction.atomic():
-                return self.create(organization=organization, appid=key, label=label, created_by=actor)
+                app = self.create(organization=organization, appid=key, label=label, created_by=actor)
+                Event.objects.record(organization.pk, EventKind.OMAHA_APP_ADDED,
+                                     f"Omaha application id {{{key}}} added" + (f" ({label})" if label else ""),
+                                     actor=actor, data={"appid": key, "label": label})
+                return app
         except IntegrityError:
             raise UpdateError(f"{key} is already served by the organization", "appid", status=409) from None
+
+    def remove(self, app: "OmahaApplication", actor: str = "") -> None:
+        """Stop serving an appid: its hosts' requests are answered ``error-unknownApplication`` from now on."""
+        with transaction.atomic():
+            app.delete()
+            Event.objects.record(app.organization_id, EventKind.OMAHA_APP_REMOVED,
+                                 f"Omaha application id {{{app.appid}}} removed: its requests are refused",
+                                 actor=actor, data={"appid": app.appid, "label": app.label})
 
 
 class OmahaApplication(models.Model):

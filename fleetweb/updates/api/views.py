@@ -307,3 +307,6 @@ class OmahaApplicationViewSet(OrganizationScoped, mixins.ListModelMixin, mixins.
         app = OmahaApplication.objects.add(request.organization, body.validated_data["appid"],
                                            body.validated_data["label"], actor=self.actor)
         return Response(self.get_serializer(app).data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance):
+        OmahaApplication.objects.remove(instance, actor=self.actor)

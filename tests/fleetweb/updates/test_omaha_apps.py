@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from django.test import Client
 
-from fleetweb.fleet.models import Host, HostCredential
+from fleetweb.fleet.models import Event, Host, HostCredential
 from fleetweb.updates.models import OS_APPID, OmahaApplication, OmahaUrl, normalize_appid
 
 from .test_omaha import request_xml, snapshot, stable
@@ -124,6 +124,12 @@ def test_an_operator_adds_lists_and_removes_an_appid(operator, bob, acme):
     assert bob.get(f"{API}{body['id']}/").json()["appid"] == ALIAS
     assert operator.delete(f"{API}{body['id']}/").status_code == 204
     assert not OmahaApplication.objects.filter(organization=acme).exists()
+    # Both are in the activity log, with who did it (which ids a fleet answers is a security setting).
+    log = list(Event.objects.filter(organization=acme, kind__startswith="omaha_app").order_by("created", "id")
+               .values_list("kind", "actor", "message"))
+    assert log == [("omaha_app_added", "api-key:olga-key", f"Omaha application id {{{ALIAS}}} added (beta image)"),
+                   ("omaha_app_removed", "api-key:olga-key",
+                    f"Omaha application id {{{ALIAS}}} removed: its requests are refused")]
 
 
 def test_a_viewer_cannot_add_or_remove_and_an_outsider_sees_nothing(alice, bob, charlie, acme):
