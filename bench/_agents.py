@@ -44,6 +44,7 @@ class Swarm:
         self.rev_targets: dict[int, int] = {}
         self.ack = True
         self.url = ""
+        self.compression: str | None = None
         # reconnect storm (storm_arm / storm_wait)
         self.storm = False
         self.closing = False
@@ -94,7 +95,7 @@ class Agent:
         self.first_policy = asyncio.get_running_loop().create_future()
         try:
             self.ws = await connect(url, additional_headers={"Authorization": f"Bearer {self.secret}"},
-                                    compression=None,  # as the agent (agent/connection.py)
+                                    compression=self.swarm.compression,  # None, as the agent (agent/connection.py)
                                     open_timeout=timeout, ping_interval=None,
                                     close_timeout=2, max_size=2 ** 20, write_limit=4096)
         except Exception as exc:
@@ -305,6 +306,7 @@ async def main() -> None:
         op = cmd["cmd"]
         if op == "connect":
             swarm.ack = cmd.get("ack", True)
+            swarm.compression = cmd.get("compression")  # "deflate": what the websockets client offers by default
             swarm.url = cmd["url"]
             secrets = cmd["secrets"]
             sem = asyncio.Semaphore(cmd.get("concurrency", 256))

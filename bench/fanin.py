@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     BIN,
     DEFAULT_REDIS,
+    UVICORN_ARGS,
     Database,
     bench_env,
     bootstrap,
@@ -269,7 +270,7 @@ def run_fleet(n: int, k: int, env: dict, workdir: Path, args, workers: int = 1) 
         log(f"[{p}] connecting {n} agents from {len(swarm.procs)} process(es) (server pids {pids}, "
             f"rss {sum(r for r, _ in mem0.values())} KiB) ...")
         r = swarm.call(cmd="connect", url=f"ws://127.0.0.1:{port}/ws/agent/", secrets=secrets,
-                       concurrency=args.connect_concurrency, timeout=120)
+                       concurrency=args.connect_concurrency, timeout=120, compression=args.agent_compression)
         connected = r["connected"]
         res["connected"], res["connect_s"] = connected, r["connect_s"]
         emit(f"{p}_connected", connected)
@@ -603,12 +604,19 @@ def main() -> None:
     ap.add_argument("--connect-concurrency", type=int, default=256, help="handshakes in flight")
     ap.add_argument("--agents-per-process", type=int, default=AGENTS_PER_PROCESS,
                     help="simulated agents per agents process (the open-files limit is per process)")
+    ap.add_argument("--agent-compression", choices=["deflate"], default=None,
+                    help="the agents offer per-message deflate (the websockets client's default; the agent "
+                         "offers none): the server declines it unless --server-accepts-deflate")
+    ap.add_argument("--server-accepts-deflate", action="store_true",
+                    help="start uvicorn with --ws-per-message-deflate true (its default; make run declines it)")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--baseline-only", action="store_true")
     args = ap.parse_args()
     k = args.status_frames
 
     install_cleanup()
+    if args.server_accepts_deflate:  # the last value of a repeated uvicorn option wins
+        UVICORN_ARGS.extend(["--ws-per-message-deflate", "true"])
     emit("fanin_nofile_limit", raise_nofile())
     workdir = new_workdir("fanin")
     db = Database(args.database_url, workdir)
