@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import gzip
 import json
 import posixpath
 import re
@@ -567,9 +566,33 @@ def gzip_header_ok(data: bytes) -> bool:
     return True
 
 
+# The most a gzip'ed write_files entry may inflate to (a gzip bomb of a few KiB would fill the host's disk).
+MAX_INFLATED = 64 * 1024 * 1024
+
+
+def gunzip(data: bytes, limit: int = MAX_INFLATED) -> bytes:
+    """``gzip.decompress`` (every member of the stream) that stops past ``limit`` bytes with ValueError."""
+    out, rest = [], data
+    size = 0
+    while rest:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        part = inflater.decompress(rest, limit - size + 1)
+        size += len(part)
+        if size > limit:
+            raise ValueError(f"it inflates to more than {limit // (1024 * 1024)} MiB")
+        if not inflater.eof:
+            raise ValueError("the gzip stream is truncated")
+        out.append(part)
+        rest = inflater.unused_data.lstrip(b"\0")   # gzip.decompress also skips padding between members
+    if not out:
+        raise ValueError("no gzip data")
+    return b"".join(out)
+
+
 def decode_content(content, encoding: str | None) -> bytes:
     """The bytes a write_files entry stands for (what the agent writes); ValueError when the
-    encoding does not fit.  ``content`` is text (its UTF-8 bytes) or bytes (a !!binary value)."""
+    encoding does not fit or gzip content inflates past MAX_INFLATED.  ``content`` is text (its
+    UTF-8 bytes) or bytes (a !!binary value)."""
     data = content if isinstance(content, bytes) else as_str(content).encode("utf-8")
     if not encoding:
         return data
@@ -580,8 +603,8 @@ def decode_content(content, encoding: str | None) -> bytes:
         if base64_first:
             data = go_base64(data)
         if gzipped:
-            data = gzip.decompress(data)
-    except (binascii.Error, OSError, EOFError, zlib.error) as exc:
+            data = gunzip(data)
+    except (binascii.Error, OSError, EOFError, zlib.error, ValueError) as exc:
         raise ValueError(f"content cannot be decoded as {encoding}: {exc}") from None
     return data
 

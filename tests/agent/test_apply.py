@@ -219,3 +219,16 @@ def test_a_relative_path_is_written_under_the_root_as_coreos_cloudinit_does(host
     result = apply.apply(host, bad, revision=2, state_dir=tmp_path / "state")
     assert not (host.root / "usr/x").exists() and not (tmp_path / "usr").exists()
     assert result.errors == ["write_files ../usr/x: /usr is read-only", "write_files ?: a file needs a path"]
+
+
+def test_gzip_content_that_inflates_past_the_limit_is_not_written(host, tmp_path):
+    """A few KiB of gzip can inflate to gigabytes on the host's disk: the agent stops at
+    cloudconfig.MAX_INFLATED and reports the file; the others apply."""
+    bomb = base64.b64encode(gzip.compress(b"\0" * (cloudconfig.MAX_INFLATED + 1))).decode()
+    assert len(bomb) < 200_000
+    doc = (f"#cloud-config\nwrite_files:\n  - path: /etc/bomb\n    encoding: gz+b64\n    content: {bomb}\n"
+           "  - path: /etc/fine\n    encoding: gzip+base64\n    content: " + base64.b64encode(gzip.compress(b"ok")).decode() + "\n")
+    result = apply.apply(host, doc, revision=1, state_dir=tmp_path / "state")
+    assert result.errors == ["write_files /etc/bomb: content cannot be decoded as gz+b64: it inflates to more than 64 MiB"]
+    assert not (host.root / "etc/bomb").exists()
+    assert (host.root / "etc/fine").read_bytes() == b"ok"
